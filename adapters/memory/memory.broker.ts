@@ -1,0 +1,500 @@
+import { randomUUID } from 'node:crypto';
+import type {
+  Broker,
+  CancelOutcome,
+  ClaimRequest,
+  EnqueueInput,
+  EnqueueResult,
+  Lease,
+  ListPage,
+  ListQuery,
+  Unsubscribe,
+} from '../../lib/broker.js';
+import { QueueFullError } from '../../lib/errors.js';
+import {
+  isTerminal,
+  type Json,
+  type JobError,
+  type JobEvent,
+  type JobProgress,
+  type JobRecord,
+  type JobStatus,
+} from '../../lib/job.js';
+import { decodeCursor, encodeCursor, isAfterCursor } from '../../lib/list-cursor.js';
+
+export interface MemoryBrokerOptions {
+  /**
+   * Events kept per job for `Last-Event-ID` resume; older ones are dropped and a resuming
+   * client gets a snapshot instead.
+   * @defaultValue 100
+   */
+  historyLimit?: number;
+  /** @defaultValue 100 */
+  logLimit?: number;
+}
+
+interface Entry {
+  job: JobRecord;
+  token: string | null;
+  leaseUntil: number;
+  events: JobEvent[];
+  /** When the job last became due, for oldest-first claim across tasks. */
+  readyOrder: number;
+}
+
+/** A FIFO over an array with a moving head, compacted now and then. */
+class Fifo<T> {
+  private items: T[] = [];
+  private head = 0;
+  push(item: T): void {
+    this.items.push(item);
+  }
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+  shift(): T | undefined {
+    const item = this.items[this.head];
+    if (item === undefined) return undefined;
+    this.items[this.head++] = undefined as T;
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
+  }
+}
+
+/**
+ * The in-process broker: the default, and the one to test with. Everything lives in this
+ * process's memory, so jobs do not survive a restart and other processes cannot see them;
+ * use SQLite, Redis or PostgreSQL for that. It keeps every guarantee of the contract within
+ * the process (each method runs to completion without yielding, which is what makes it atomic).
+ */
+export class MemoryBroker implements Broker {
+  private readonly jobs = new Map<string, Entry>();
+  private readonly ready = new Map<string, Fifo<Entry>>();
+  /** Queued jobs not yet due, sorted by runAt. */
+  private delayed: Entry[] = [];
+  private readonly running = new Set<Entry>();
+  /** Finished jobs in the order they finished, for purge. */
+  private readonly finished = new Fifo<Entry>();
+  private readonly idempotency = new Map<string, string>();
+  private readonly statusCounts: Record<JobStatus, number> = {
+    queued: 0,
+    running: 0,
+    succeeded: 0,
+    failed: 0,
+    canceled: 0,
+  };
+  private readonly listeners = new Set<(event: JobEvent) => void>();
+  private readonly workListeners = new Set<() => void>();
+  private wakeTimer: NodeJS.Timeout | null = null;
+  private wakeAt = Number.POSITIVE_INFINITY;
+  private readyCounter = 0;
+  private readonly historyLimit: number;
+  private readonly logLimit: number;
+  private closed = false;
+
+  constructor(options: MemoryBrokerOptions = {}) {
+    this.historyLimit = options.historyLimit ?? 100;
+    this.logLimit = options.logLimit ?? 100;
+  }
+
+  async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
+    const idemKey = input.idempotencyKey
+      ? JSON.stringify([input.owner, input.task, input.idempotencyKey])
+      : null;
+    if (idemKey) {
+      const existing = this.idempotency.get(idemKey);
+      const entry = existing === undefined ? undefined : this.jobs.get(existing);
+      if (entry) return { job: copy(entry.job), created: false };
+    }
+    if (input.maxQueued != null && this.statusCounts.queued >= input.maxQueued) {
+      throw new QueueFullError(input.maxQueued);
+    }
+    const now = Date.now();
+    const job: JobRecord = {
+      id: randomUUID(),
+      task: input.task,
+      payload: input.payload,
+      status: 'queued',
+      progress: null,
+      result: null,
+      error: null,
+      attempts: 0,
+      maxAttempts: input.maxAttempts,
+      runAt: input.runAt ?? now,
+      createdAt: now,
+      startedAt: null,
+      finishedAt: null,
+      expireAt: input.expireAt ?? null,
+      timeoutMs: input.timeoutMs ?? null,
+      owner: input.owner,
+      idempotencyKey: input.idempotencyKey ?? null,
+      payloadHash: input.payloadHash ?? null,
+      cancelRequested: false,
+      seq: 0,
+      logs: [],
+    };
+    const entry: Entry = { job, token: null, leaseUntil: 0, events: [], readyOrder: 0 };
+    this.jobs.set(job.id, entry);
+    this.statusCounts.queued++;
+    if (idemKey) this.idempotency.set(idemKey, job.id);
+    this.schedule(entry, now);
+    this.emit(entry, { type: 'status', status: 'queued', attempts: 0 });
+    this.notifyWork();
+    return { job: copy(job), created: true };
+  }
+
+  async claim(request: ClaimRequest): Promise<Lease[]> {
+    const now = Date.now();
+    this.promoteDue(now);
+    const leases: Lease[] = [];
+    while (leases.length < request.limit) {
+      const entry = this.takeOldestReady(request.tasks, now);
+      if (!entry) break;
+      const job = entry.job;
+      if (job.expireAt !== null && job.expireAt <= now) {
+        this.finish(entry, 'failed', now, {
+          error: { message: 'The job was not started before its age limit.', code: 'ERR_OFFLOAD_EXPIRED' },
+        });
+        continue;
+      }
+      this.setStatus(entry, 'running');
+      job.attempts++;
+      job.startedAt = now;
+      entry.token = randomUUID();
+      entry.leaseUntil = now + request.leaseMs;
+      this.running.add(entry);
+      this.emit(entry, { type: 'status', status: 'running', attempts: job.attempts });
+      leases.push({ job: copy(job), token: entry.token });
+    }
+    return leases;
+  }
+
+  async renew(jobId: string, token: string, leaseMs: number): Promise<{ cancelRequested: boolean } | null> {
+    const entry = this.held(jobId, token);
+    if (!entry) return null;
+    entry.leaseUntil = Date.now() + leaseMs;
+    return { cancelRequested: entry.job.cancelRequested };
+  }
+
+  async progress(jobId: string, token: string, progress: JobProgress): Promise<boolean> {
+    const entry = this.held(jobId, token);
+    if (!entry) return false;
+    entry.job.progress = progress;
+    this.emit(entry, { type: 'progress', progress });
+    return true;
+  }
+
+  async log(jobId: string, token: string, line: string): Promise<boolean> {
+    const entry = this.held(jobId, token);
+    if (!entry) return false;
+    const logs = entry.job.logs;
+    logs.push(line);
+    if (logs.length > this.logLimit) logs.splice(0, logs.length - this.logLimit);
+    return true;
+  }
+
+  async complete(jobId: string, token: string, result: Json): Promise<boolean> {
+    const entry = this.held(jobId, token);
+    if (!entry) return false;
+    if (entry.job.cancelRequested) this.finish(entry, 'canceled', Date.now(), {});
+    else this.finish(entry, 'succeeded', Date.now(), { result });
+    return true;
+  }
+
+  async fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
+    const entry = this.held(jobId, token);
+    if (!entry) return false;
+    const now = Date.now();
+    if (entry.job.cancelRequested) this.finish(entry, 'canceled', now, {});
+    else if (retryAt !== undefined) this.requeue(entry, retryAt, error);
+    else this.finish(entry, 'failed', now, { error });
+    return true;
+  }
+
+  async acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
+    const entry = this.held(jobId, token);
+    if (!entry) return false;
+    this.finish(entry, 'canceled', Date.now(), {});
+    return true;
+  }
+
+  async release(jobId: string, token: string): Promise<boolean> {
+    const entry = this.held(jobId, token);
+    if (!entry) return false;
+    if (entry.job.cancelRequested) {
+      this.finish(entry, 'canceled', Date.now(), {});
+      return true;
+    }
+    entry.job.attempts--;
+    this.requeue(entry, Date.now(), entry.job.error);
+    return true;
+  }
+
+  async cancel(
+    jobId: string,
+    owner?: string | null,
+  ): Promise<{ outcome: CancelOutcome; job: JobRecord | null }> {
+    const entry = this.jobs.get(jobId);
+    if (!entry || (owner !== undefined && entry.job.owner !== owner)) return { outcome: 'not-found', job: null };
+    const job = entry.job;
+    if (job.status === 'queued') {
+      this.finish(entry, 'canceled', Date.now(), {});
+      return { outcome: 'canceled', job: copy(job) };
+    }
+    if (job.status === 'running') {
+      if (!job.cancelRequested) {
+        job.cancelRequested = true;
+        // Not a client-visible change: no seq bump, not kept in history.
+        this.broadcast({ jobId, seq: job.seq, type: 'cancel', at: Date.now() });
+      }
+      return { outcome: 'requested', job: copy(job) };
+    }
+    return { outcome: 'finished', job: copy(job) };
+  }
+
+  async retry(jobId: string): Promise<JobRecord | null> {
+    const entry = this.jobs.get(jobId);
+    if (!entry || (entry.job.status !== 'failed' && entry.job.status !== 'canceled')) return null;
+    const job = entry.job;
+    job.attempts = 0;
+    job.result = null;
+    job.progress = null;
+    job.startedAt = null;
+    job.finishedAt = null;
+    job.cancelRequested = false;
+    job.expireAt = null;
+    this.requeue(entry, Date.now(), null);
+    return copy(job);
+  }
+
+  async get(jobId: string): Promise<JobRecord | null> {
+    const entry = this.jobs.get(jobId);
+    return entry ? copy(entry.job) : null;
+  }
+
+  async list(query: ListQuery): Promise<ListPage> {
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    const matches: JobRecord[] = [];
+    for (const { job } of this.jobs.values()) {
+      if (query.owner !== undefined && job.owner !== query.owner) continue;
+      if (query.status && job.status !== query.status) continue;
+      if (query.task && job.task !== query.task) continue;
+      if (after && !isAfterCursor(job.createdAt, job.id, after)) continue;
+      matches.push(job);
+    }
+    matches.sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    const page = matches.slice(0, query.limit).map(copy);
+    const last = page[page.length - 1];
+    const nextCursor = matches.length > query.limit && last ? encodeCursor(last) : null;
+    return { jobs: page, nextCursor };
+  }
+
+  async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
+    const entry = this.jobs.get(jobId);
+    if (!entry) return null;
+    const events = entry.events;
+    if (afterSeq >= entry.job.seq) return [];
+    const first = events[0];
+    if (!first || first.seq > afterSeq + 1) return null;
+    return events.filter((e) => e.seq > afterSeq);
+  }
+
+  async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  onWork(listener: () => void): Unsubscribe {
+    this.workListeners.add(listener);
+    return () => this.workListeners.delete(listener);
+  }
+
+  async recover(): Promise<number> {
+    const now = Date.now();
+    let touched = 0;
+    for (const entry of this.running) {
+      if (entry.leaseUntil > now) continue;
+      touched++;
+      const job = entry.job;
+      const error = { message: 'The worker running the job stopped renewing its lease.', code: 'ERR_OFFLOAD_LEASE_EXPIRED' };
+      if (job.cancelRequested) this.finish(entry, 'canceled', now, {});
+      else if (job.attempts >= job.maxAttempts) this.finish(entry, 'failed', now, { error });
+      else this.requeue(entry, now, error);
+    }
+    return touched;
+  }
+
+  async purge(before: number): Promise<number> {
+    let purged = 0;
+    for (let entry = this.finished.peek(); entry; entry = this.finished.peek()) {
+      const job = entry.job;
+      const stillFinished = this.jobs.get(job.id) === entry && isTerminal(job.status) && job.finishedAt !== null;
+      if (stillFinished && job.finishedAt! >= before) break;
+      this.finished.shift();
+      // A retried job left the finished list; it is added again when it finishes again.
+      if (!stillFinished) continue;
+      this.jobs.delete(job.id);
+      this.statusCounts[job.status]--;
+      if (job.idempotencyKey) this.idempotency.delete(JSON.stringify([job.owner, job.task, job.idempotencyKey]));
+      purged++;
+    }
+    return purged;
+  }
+
+  async counts(): Promise<Record<JobStatus, number>> {
+    return { ...this.statusCounts };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeTimer = null;
+    this.listeners.clear();
+    this.workListeners.clear();
+  }
+
+  /** The entry if `token` holds its lease now; lease expiry is judged by `recover`, as in other brokers. */
+  private held(jobId: string, token: string): Entry | undefined {
+    const entry = this.jobs.get(jobId);
+    if (!entry || entry.token !== token || entry.job.status !== 'running') return undefined;
+    return entry;
+  }
+
+  private setStatus(entry: Entry, status: JobStatus): void {
+    this.statusCounts[entry.job.status]--;
+    this.statusCounts[status]++;
+    entry.job.status = status;
+  }
+
+  private finish(
+    entry: Entry,
+    status: 'succeeded' | 'failed' | 'canceled',
+    now: number,
+    outcome: { result?: Json; error?: JobError },
+  ): void {
+    const job = entry.job;
+    this.running.delete(entry);
+    entry.token = null;
+    this.setStatus(entry, status);
+    job.finishedAt = now;
+    job.cancelRequested = false;
+    if (outcome.result !== undefined) job.result = outcome.result;
+    if (outcome.error !== undefined) job.error = outcome.error;
+    this.finished.push(entry);
+    this.emit(entry, {
+      type: 'status',
+      status,
+      attempts: job.attempts,
+      result: status === 'succeeded' ? job.result : null,
+      error: status === 'succeeded' ? null : job.error,
+    });
+  }
+
+  private requeue(entry: Entry, runAt: number, error: JobError | null): void {
+    const job = entry.job;
+    this.running.delete(entry);
+    entry.token = null;
+    this.setStatus(entry, 'queued');
+    job.runAt = runAt;
+    job.error = error;
+    this.schedule(entry, Date.now());
+    this.emit(entry, { type: 'status', status: 'queued', attempts: job.attempts, error });
+    this.notifyWork();
+  }
+
+  private schedule(entry: Entry, now: number): void {
+    if (entry.job.runAt <= now) {
+      this.pushReady(entry);
+      return;
+    }
+    const runAt = entry.job.runAt;
+    let lo = 0;
+    let hi = this.delayed.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.delayed[mid]!.job.runAt <= runAt) lo = mid + 1;
+      else hi = mid;
+    }
+    this.delayed.splice(lo, 0, entry);
+    this.armWake(runAt);
+  }
+
+  private pushReady(entry: Entry): void {
+    entry.readyOrder = ++this.readyCounter;
+    let fifo = this.ready.get(entry.job.task);
+    if (!fifo) {
+      fifo = new Fifo();
+      this.ready.set(entry.job.task, fifo);
+    }
+    fifo.push(entry);
+  }
+
+  private promoteDue(now: number): void {
+    let i = 0;
+    while (i < this.delayed.length && this.delayed[i]!.job.runAt <= now) i++;
+    if (i === 0) return;
+    for (const entry of this.delayed.splice(0, i)) {
+      // Stale entries (canceled or re-scheduled since) are skipped when taken.
+      if (entry.job.status === 'queued') this.pushReady(entry);
+    }
+  }
+
+  private takeOldestReady(tasks: readonly string[], now: number): Entry | undefined {
+    let best: Fifo<Entry> | undefined;
+    let bestOrder = Number.POSITIVE_INFINITY;
+    for (const task of tasks) {
+      const fifo = this.ready.get(task);
+      if (!fifo) continue;
+      let head = fifo.peek();
+      // A queue may hold stale entries: canceled, already claimed, or pushed back to a later runAt.
+      while (head && (head.job.status !== 'queued' || head.job.runAt > now)) {
+        fifo.shift();
+        head = fifo.peek();
+      }
+      if (head && head.readyOrder < bestOrder) {
+        best = fifo;
+        bestOrder = head.readyOrder;
+      }
+    }
+    return best?.shift();
+  }
+
+  private armWake(at: number): void {
+    if (this.closed || at >= this.wakeAt) return;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(
+      () => {
+        this.wakeTimer = null;
+        this.wakeAt = Number.POSITIVE_INFINITY;
+        const next = this.delayed.find((e) => e.job.status === 'queued' && e.job.runAt > Date.now());
+        if (next) this.armWake(next.job.runAt);
+        this.notifyWork();
+      },
+      Math.max(0, at - Date.now()),
+    );
+    this.wakeTimer.unref();
+  }
+
+  private emit(entry: Entry, event: Omit<JobEvent, 'jobId' | 'seq' | 'at'>): void {
+    const full: JobEvent = { jobId: entry.job.id, seq: ++entry.job.seq, at: Date.now(), ...event };
+    entry.events.push(full);
+    if (entry.events.length > this.historyLimit) entry.events.shift();
+    this.broadcast(full);
+  }
+
+  private broadcast(event: JobEvent): void {
+    for (const listener of this.listeners) listener(event);
+  }
+
+  private notifyWork(): void {
+    for (const listener of this.workListeners) listener();
+  }
+}
+
+function copy(job: JobRecord): JobRecord {
+  return { ...job, logs: job.logs.slice() };
+}

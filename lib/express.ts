@@ -1,0 +1,86 @@
+import type { ServerResponse } from 'node:http';
+import { BadRequestError, OffloadError, PayloadTooLargeError } from './errors.js';
+import { createJobRoutes, type Next } from './http/job-routes.js';
+import { createSubmitHandler, type PayloadExtractor } from './http/submit.js';
+import { Offload } from './offload.js';
+import type { OffloadOptions, OffloadRequest } from './options.js';
+import { sendProblem, toProblem } from './problem.js';
+import type { TaskHandler, TaskOptions } from './task.js';
+
+export interface BackgroundOptions<P, Req> extends TaskOptions {
+  /** Build the payload from the request. @defaultValue the JSON body */
+  payload?: PayloadExtractor<P, Req>;
+}
+
+export type OffloadHandler<Req = OffloadRequest> = (req: Req, res: ServerResponse, next: Next) => void;
+
+/**
+ * `app.use(jobs)` mounts the job routes; `jobs.background(...)` marks a route.
+ * The function is the middleware; the rest hangs off it.
+ */
+export interface OffloadMiddleware {
+  (req: OffloadRequest, res: ServerResponse, next: Next): void;
+  /** The framework-free core: broker, registry, worker. */
+  readonly core: Offload;
+  /**
+   * Register task `name` and return the route handler that submits it:
+   * `app.post('/reports', jobs.background('report', { payload: req => ({ month: req.body.month }) }, handler))`.
+   */
+  background<P = any, Req extends OffloadRequest = OffloadRequest>(
+    name: string,
+    options: BackgroundOptions<P, Req>,
+    handler: TaskHandler<P>,
+  ): OffloadHandler<Req>;
+  background<P = any>(name: string, handler: TaskHandler<P>): OffloadHandler;
+  /** Register a task with no route (enqueue it with `jobs.core.enqueue`). */
+  task<P = any, R = unknown>(name: string, handler: TaskHandler<P, R>, options?: TaskOptions): void;
+  /**
+   * Error middleware for apps that parse bodies with `express.json()` before offload's routes:
+   * turns its parse and size errors into problem+json. Mount after your routes.
+   */
+  errorHandler(): (err: unknown, req: OffloadRequest, res: ServerResponse, next: Next) => void;
+  /** Stop the worker gracefully and close the broker. */
+  close(): ReturnType<Offload['close']>;
+}
+
+/** Create the Express middleware (also plain `node:http` compatible). */
+export function offload(options: OffloadOptions = {}): OffloadMiddleware {
+  const core = new Offload(options);
+  const routes = createJobRoutes(core);
+
+  const middleware = function offloadMiddleware(req: OffloadRequest, res: ServerResponse, next: Next): void {
+    routes(req, res, next);
+  } as OffloadMiddleware;
+
+  Object.defineProperty(middleware, 'core', { value: core, enumerable: true });
+
+  middleware.background = ((name: string, a: unknown, b?: unknown) => {
+    const [opts, handler] = (typeof a === 'function' ? [{}, a] : [a ?? {}, b]) as [
+      BackgroundOptions<unknown, OffloadRequest>,
+      TaskHandler,
+    ];
+    const { payload, ...taskOptions } = opts;
+    const def = core.task(name, handler, taskOptions);
+    return createSubmitHandler(core, def, payload ?? null);
+  }) as OffloadMiddleware['background'];
+
+  middleware.task = (name, handler, opts) => {
+    core.task(name, handler, opts);
+  };
+
+  middleware.errorHandler = () =>
+    function offloadErrorHandler(err: unknown, _req: OffloadRequest, res: ServerResponse, next: Next): void {
+      const e = err as { type?: string; status?: number; message?: string; limit?: number };
+      let mapped: OffloadError | null = null;
+      if (err instanceof OffloadError) mapped = err;
+      else if (e?.type === 'entity.too.large') mapped = new PayloadTooLargeError(e.limit ?? core.config.maxPayloadBytes);
+      else if (e?.type === 'entity.parse.failed') {
+        mapped = new BadRequestError('The request body is not valid JSON.', 'ERR_OFFLOAD_BAD_JSON');
+      }
+      if (!mapped) return next(err);
+      sendProblem(res, toProblem(mapped, core.config.logger));
+    };
+
+  middleware.close = () => core.close();
+  return middleware;
+}

@@ -1,0 +1,111 @@
+import type { ServerResponse } from 'node:http';
+import { BadRequestError, JobFinishedError, JobNotFoundError, OffloadError } from '../errors.js';
+import { isJobId, isTerminal, JOB_STATUSES, type JobStatus, toStatusDocument } from '../job.js';
+import type { Offload } from '../offload.js';
+import type { OffloadRequest } from '../options.js';
+import { sendJson, sendProblem, toProblem } from '../problem.js';
+import { streamJobEvents } from './sse.js';
+
+export type Next = (err?: unknown) => void;
+
+class MethodNotAllowedError extends OffloadError {
+  constructor(readonly allow: string) {
+    super(`Allowed methods: ${allow}.`, 'ERR_OFFLOAD_METHOD_NOT_ALLOWED', 405);
+  }
+}
+
+/** The caller's owner id, normalised: `null` when anonymous. */
+export async function ownerOf(core: Offload, req: OffloadRequest): Promise<string | null> {
+  const hook = core.config.owner;
+  if (!hook) return null;
+  const owner = await hook(req);
+  return owner === null || owner === undefined ? null : String(owner);
+}
+
+/**
+ * The status, events, cancel and list routes under `basePath`, as one Node-style handler.
+ * Requests outside `basePath` go to `next()` untouched; everything under it is answered here.
+ */
+export function createJobRoutes(core: Offload) {
+  const base = core.config.basePath;
+  const retryAfter = String(core.config.retryAfter);
+
+  async function handle(req: OffloadRequest, res: ServerResponse, path: string, query: string): Promise<void> {
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    if (path === '' || path === '/') {
+      if (method !== 'GET') throw new MethodNotAllowedError('GET');
+      return list(req, res, query);
+    }
+    const parts = path.split('/');
+    // parts[0] is '' (path starts with '/'); then id, then optionally 'events'.
+    const id = parts[1]!;
+    if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) throw new JobNotFoundError();
+    if (parts.length === 3) {
+      if (method !== 'GET') throw new MethodNotAllowedError('GET');
+    } else if (method !== 'GET' && method !== 'DELETE') {
+      throw new MethodNotAllowedError('GET, DELETE');
+    }
+    if (!isJobId(id)) throw new JobNotFoundError();
+    const owner = await ownerOf(core, req);
+
+    if (method === 'DELETE') {
+      const { outcome, job } = await core.cancel(id, owner);
+      if (outcome === 'not-found' || !job) throw new JobNotFoundError();
+      if (outcome === 'finished') throw new JobFinishedError(job.status);
+      const doc = toStatusDocument(job, core.config.exposeStack);
+      if (outcome === 'canceled') return sendJson(res, 200, doc);
+      return sendJson(res, 202, { ...doc, cancelRequested: true }, { 'Retry-After': retryAfter });
+    }
+
+    const job = await core.get(id, owner);
+    if (!job) throw new JobNotFoundError();
+    if (parts.length === 3) return streamJobEvents(core, req, res, job);
+    const headers: Record<string, string> = { 'Cache-Control': 'no-store' };
+    if (!isTerminal(job.status)) headers['Retry-After'] = retryAfter;
+    sendJson(res, 200, toStatusDocument(job, core.config.exposeStack), headers);
+  }
+
+  async function list(req: OffloadRequest, res: ServerResponse, query: string): Promise<void> {
+    const params = new URLSearchParams(query);
+    const status = params.get('status');
+    if (status !== null && !JOB_STATUSES.includes(status as JobStatus)) {
+      throw new BadRequestError(`status must be one of ${JOB_STATUSES.join(', ')}.`, 'ERR_OFFLOAD_BAD_QUERY');
+    }
+    const limitText = params.get('limit');
+    const limit = limitText === null ? 20 : Number(limitText);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
+      throw new BadRequestError('limit must be an integer from 1 to 100.', 'ERR_OFFLOAD_BAD_QUERY');
+    }
+    const task = params.get('task');
+    const page = await core.list({
+      owner: await ownerOf(core, req),
+      status: (status as JobStatus | null) ?? undefined,
+      task: task || undefined,
+      limit,
+      cursor: params.get('cursor') || null,
+    });
+    const exposeStack = core.config.exposeStack;
+    sendJson(
+      res,
+      200,
+      { jobs: page.jobs.map((j) => toStatusDocument(j, exposeStack)), nextCursor: page.nextCursor },
+      { 'Cache-Control': 'no-store' },
+    );
+  }
+
+  return function offloadJobRoutes(req: OffloadRequest, res: ServerResponse, next: Next): void {
+    // originalUrl: the configured basePath is absolute, wherever the middleware is mounted.
+    const url = req.originalUrl ?? req.url ?? '/';
+    if (!url.startsWith(base)) return next();
+    const q = url.indexOf('?');
+    const path = url.slice(base.length, q === -1 ? undefined : q);
+    if (path !== '' && path[0] !== '/') return next();
+    handle(req, res, path, q === -1 ? '' : url.slice(q + 1)).catch((err) => {
+      const headers: Record<string, string> = {};
+      if (err instanceof MethodNotAllowedError) headers.Allow = err.allow;
+      sendProblem(res, toProblem(err, core.config.logger), headers);
+    });
+  };
+}
+
+export type { ServerResponse };

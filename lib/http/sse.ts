@@ -1,0 +1,106 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isTerminal, type JobEvent, type JobRecord, toStatusDocument } from '../job.js';
+import type { Offload } from '../offload.js';
+
+/**
+ * `Last-Event-ID` as a seq the client holds, or `null` when absent or unusable (not a
+ * non-negative integer, or ahead of the job): the client then gets a fresh snapshot.
+ */
+export function parseLastEventId(header: string | string[] | undefined, jobSeq: number): number | null {
+  const value = Array.isArray(header) ? header[0] : header;
+  if (value === undefined || !/^\d{1,15}$/.test(value.trim())) return null;
+  const seq = Number(value.trim());
+  return seq <= jobSeq ? seq : null;
+}
+
+/**
+ * Stream one job's events: `snapshot` first (or, on resume, exactly the events the client
+ * lacks), then `progress`/`status`, then the terminal event, then end. `job` was read once
+ * already to check the owner; it is read again after subscribing so no event falls between.
+ */
+export async function streamJobEvents(
+  core: Offload,
+  req: IncomingMessage,
+  res: ServerResponse,
+  job: JobRecord,
+): Promise<void> {
+  const { exposeStack, heartbeatMs, sseRetryMs } = core.config;
+  const resumeFrom = parseLastEventId(req.headers['last-event-id'], job.seq);
+  if (resumeFrom !== null && isTerminal(job.status) && resumeFrom >= job.seq) {
+    // The client holds the terminal event: 204 stops EventSource from reconnecting.
+    res.statusCode = 204;
+    res.end();
+    return;
+  }
+
+  let lastSent = resumeFrom ?? -1;
+  let ended = false;
+  let buffer: JobEvent[] | null = [];
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    clearInterval(heartbeat);
+    off?.();
+    res.end();
+  };
+  const write = (event: string, id: number, data: unknown) => {
+    if (ended) return;
+    res.write(`id: ${id}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    lastSent = id;
+  };
+  const sendTerminal = async (seq: number) => {
+    const latest = await core.get(job.id).catch(() => null);
+    write(latest?.status ?? 'failed', seq, latest ? toStatusDocument(latest, exposeStack) : { id: job.id });
+    end();
+  };
+  const deliver = (event: JobEvent) => {
+    if (ended || event.seq <= lastSent || event.type === 'cancel') return;
+    if (event.type === 'progress') {
+      write('progress', event.seq, event.progress);
+    } else if (event.status && isTerminal(event.status)) {
+      lastSent = event.seq;
+      void sendTerminal(event.seq);
+    } else {
+      write('status', event.seq, { id: job.id, status: event.status, attempts: event.attempts });
+    }
+  };
+
+  res.writeHead(200, {
+    'Content-Type': 'text/event-stream; charset=utf-8',
+    'Cache-Control': 'no-cache, no-transform',
+    'X-Accel-Buffering': 'no',
+  });
+  res.write(`retry: ${sseRetryMs}\n\n`);
+  const heartbeat = setInterval(() => {
+    if (!ended) res.write(': heartbeat\n\n');
+  }, heartbeatMs);
+  heartbeat.unref();
+  let off: (() => void) | null = null;
+  res.on('close', end);
+
+  try {
+    off = await core.events.listen(job.id, (event) => {
+      if (buffer) buffer.push(event);
+      else deliver(event);
+    });
+    if (ended) return end();
+    const current = (await core.get(job.id)) ?? job;
+    const missed = resumeFrom === null ? null : await core.call(core.broker.history(job.id, resumeFrom));
+    if (missed === null) {
+      // Fresh connection, or history no longer reaches back: the snapshot stands for it all.
+      write('snapshot', current.seq, toStatusDocument(current, exposeStack));
+      if (isTerminal(current.status)) {
+        write(current.status, current.seq, toStatusDocument(current, exposeStack));
+        return end();
+      }
+    } else {
+      for (const event of missed) deliver(event);
+    }
+    const pending = buffer;
+    buffer = null;
+    for (const event of pending) deliver(event);
+  } catch {
+    // The broker failed mid-stream: end it; EventSource reconnects with Last-Event-ID.
+    end();
+  }
+}

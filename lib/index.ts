@@ -1,0 +1,56 @@
+// The `offload` entry point: core, Express middleware, memory broker.
+export { MemoryBroker, type MemoryBrokerOptions } from '../adapters/memory/memory.broker.js';
+export type {
+  Broker,
+  BrokerSpec,
+  CancelOutcome,
+  ClaimRequest,
+  EnqueueInput,
+  EnqueueResult,
+  Lease,
+  ListPage,
+  ListQuery,
+  Unsubscribe,
+} from './broker.js';
+export { requireDriver, resolveBroker } from './broker-url.js';
+export type { Duration } from './duration.js';
+export {
+  BadRequestError,
+  BrokerUnavailableError,
+  ConfigError,
+  type FieldError,
+  IdempotencyConflictError,
+  JobCanceledError,
+  JobFinishedError,
+  JobNotFoundError,
+  JobTimeoutError,
+  LeaseLostError,
+  MissingDriverError,
+  NonRetryableError,
+  OffloadError,
+  PayloadTooLargeError,
+  QueueFullError,
+  UnknownTaskError,
+  ValidationError,
+  WorkerStoppingError,
+} from './errors.js';
+export { type BackgroundOptions, type OffloadHandler, type OffloadMiddleware, offload } from './express.js';
+export {
+  isJobId,
+  isTerminal,
+  type Json,
+  type JobError,
+  type JobEvent,
+  type JobProgress,
+  type JobRecord,
+  type JobStatus,
+  type JobStatusDocument,
+  toStatusDocument,
+} from './job.js';
+export { JobEvents } from './job-events.js';
+export { consoleLogger, type Logger, silentLogger } from './logger.js';
+export { type EnqueueOptions, Offload } from './offload.js';
+export type { OffloadOptions, OffloadRequest, OwnerHook, WorkerOptions } from './options.js';
+export { type Problem, toProblem } from './problem.js';
+export type { BackoffOptions, Job, TaskHandler, TaskOptions } from './task.js';
+export type { StopReport } from './worker.js';

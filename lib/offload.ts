@@ -1,0 +1,190 @@
+import { createHash } from 'node:crypto';
+import type { Broker, CancelOutcome, ListPage, ListQuery } from './broker.js';
+import { resolveBroker } from './broker-url.js';
+import { type Duration, toMs } from './duration.js';
+import { BrokerUnavailableError, OffloadError, UnknownTaskError } from './errors.js';
+import { isTerminal, type Json, type JobRecord } from './job.js';
+import { JobEvents } from './job-events.js';
+import { type OffloadOptions, parseOptions, type ResolvedConfig } from './options.js';
+import { defineTask, type TaskDefinition, type TaskHandler, type TaskOptions, TaskRegistry } from './task.js';
+import { type StopReport, Worker } from './worker.js';
+
+export interface EnqueueOptions {
+  owner?: string | null;
+  idempotencyKey?: string | null;
+  /** Run no earlier than this long from now. */
+  delay?: Duration;
+}
+
+/**
+ * The framework-free core one app holds: the broker, the task registry, the event fan-out,
+ * and the in-process worker. The Express middleware and the Nest module are thin layers on it.
+ */
+export class Offload {
+  readonly config: ResolvedConfig;
+  readonly broker: Broker;
+  readonly registry = new TaskRegistry();
+  readonly events: JobEvents;
+  readonly worker: Worker | null;
+  private purgeTimer: NodeJS.Timeout | null = null;
+  private closing: Promise<StopReport> | null = null;
+
+  constructor(options: OffloadOptions = {}) {
+    this.config = parseOptions(options);
+    this.broker = resolveBroker(this.config.broker);
+    this.events = new JobEvents(this.broker);
+    const w = this.config.worker;
+    this.worker =
+      w.concurrency > 0
+        ? new Worker(this.broker, this.registry, this.events, { ...w, logger: this.config.logger })
+        : null;
+    // Purge finished jobs from any process: it is idempotent, and a web-only process must not
+    // depend on a worker being alive to keep the store bounded.
+    const every = Math.max(1000, Math.min(60_000, Math.floor(this.config.resultTtlMs / 2)));
+    this.purgeTimer = setInterval(() => void this.purge(), every);
+    this.purgeTimer.unref();
+  }
+
+  /** Register a task. The in-process worker starts with the first one. */
+  task<P = any, R = unknown>(name: string, handler: TaskHandler<P, R>, options: TaskOptions = {}): TaskDefinition {
+    const def = defineTask(name, handler as TaskHandler, options);
+    this.registry.add(def);
+    if (!this.closing) this.worker?.start();
+    return def;
+  }
+
+  /**
+   * Persist a job for a registered task (validated as at submit), bounded by `brokerTimeout`.
+   * Returns the job, or the existing one when the idempotency key matched.
+   */
+  async enqueue(task: string, payload: Json, options: EnqueueOptions = {}): Promise<{ job: JobRecord; created: boolean }> {
+    const def = this.registry.get(task);
+    if (!def) throw new UnknownTaskError(task);
+    return this.submit(def, payload, {
+      owner: options.owner ?? null,
+      idempotencyKey: options.idempotencyKey ?? null,
+      runAt: options.delay === undefined ? undefined : Date.now() + toMs(options.delay, 'delay'),
+    });
+  }
+
+  /** @internal The enqueue the HTTP layer uses once the payload is validated. */
+  submit(
+    def: TaskDefinition,
+    payload: Json,
+    opts: { owner: string | null; idempotencyKey: string | null; payloadHash?: string | null; runAt?: number },
+  ): Promise<{ job: JobRecord; created: boolean }> {
+    const now = Date.now();
+    return this.call(
+      this.broker.enqueue({
+        task: def.name,
+        payload,
+        owner: opts.owner,
+        maxAttempts: def.maxAttempts,
+        runAt: opts.runAt,
+        expireAt: def.ageLimitMs === null ? null : (opts.runAt ?? now) + def.ageLimitMs,
+        timeoutMs: def.timeoutMs,
+        idempotencyKey: opts.idempotencyKey,
+        payloadHash: opts.idempotencyKey ? (opts.payloadHash ?? hashPayload(payload)) : null,
+        maxQueued: this.config.maxQueued,
+      }),
+    );
+  }
+
+  /** The job if it exists and, when `owner` is given (also `null`), belongs to that owner. */
+  async get(id: string, owner?: string | null): Promise<JobRecord | null> {
+    const job = await this.call(this.broker.get(id));
+    if (!job || (owner !== undefined && job.owner !== owner)) return null;
+    return job;
+  }
+
+  cancel(id: string, owner?: string | null): Promise<{ outcome: CancelOutcome; job: JobRecord | null }> {
+    return this.call(this.broker.cancel(id, owner));
+  }
+
+  list(query: ListQuery): Promise<ListPage> {
+    return this.call(this.broker.list(query));
+  }
+
+  /**
+   * Wait until the job is finished or `ms` pass. Resolves with the finished job, or `null`
+   * on time-out. Listens before reading, so a finish in between is not missed.
+   */
+  async waitFor(id: string, ms: number): Promise<JobRecord | null> {
+    let wake!: () => void;
+    const finished = new Promise<void>((resolve) => {
+      wake = resolve;
+    });
+    const off = await this.events.listen(id, (event) => {
+      if (event.type === 'status' && event.status && isTerminal(event.status)) wake();
+    });
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const job = await this.get(id);
+      if (!job || isTerminal(job.status)) return job;
+      const timedOut = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), ms);
+      });
+      if ((await Promise.race([finished, timedOut])) === 'timeout') return null;
+      return await this.get(id);
+    } finally {
+      clearTimeout(timer);
+      off();
+    }
+  }
+
+  async purge(): Promise<number> {
+    try {
+      return await this.broker.purge(Date.now() - this.config.resultTtlMs);
+    } catch (err) {
+      this.config.logger.warn({ err }, 'offload: purge failed');
+      return 0;
+    }
+  }
+
+  /** Stop the worker gracefully (see `WorkerOptions.gracePeriod`), then close the broker. */
+  close(): Promise<StopReport> {
+    if (!this.closing) {
+      this.closing = (async () => {
+        if (this.purgeTimer) clearInterval(this.purgeTimer);
+        const report = (await this.worker?.stop()) ?? { finished: 0, handedBack: 0 };
+        await this.events.close();
+        await this.broker.close();
+        return report;
+      })();
+    }
+    return this.closing;
+  }
+
+  /**
+   * Bound every broker call: a broker that hangs or throws a driver error becomes a 503 for the
+   * client within `brokerTimeout`, never a hang or a 500 with driver internals.
+   */
+  call<T>(op: Promise<T>): Promise<T> {
+    const ms = this.config.brokerTimeoutMs;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new BrokerUnavailableError(`The job broker did not answer within ${ms} ms.`)), ms);
+      op.then(
+        (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (err) => {
+          clearTimeout(timer);
+          reject(err instanceof OffloadError ? err : new BrokerUnavailableError(undefined, { cause: err }));
+        },
+      );
+    });
+  }
+}
+
+/** Stable across key order, so `{a,b}` and `{b,a}` replay the same Idempotency-Key. */
+export function hashPayload(payload: Json): string {
+  return createHash('sha256').update(canonicalJson(payload)).digest('base64url');
+}
+
+function canonicalJson(value: Json): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  const keys = Object.keys(value).sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k]!)}`).join(',')}}`;
+}

@@ -1,0 +1,82 @@
+import { createRequire } from 'node:module';
+import { MissingDriverError, type FieldError } from './errors.js';
+import type { Json } from './job.js';
+
+/**
+ * What `validate` accepts: a class-validator DTO class, or a function returning the field
+ * errors (an empty array or nothing when the payload is valid).
+ */
+export type PayloadValidator =
+  | (new (...args: any[]) => object)
+  | ((payload: Json) => FieldError[] | undefined | null | Promise<FieldError[] | undefined | null>);
+
+export interface CompiledValidator {
+  /** Field errors, or `null` when valid. `value` is what the task will receive. */
+  check(payload: Json): Promise<{ errors: FieldError[] | null; value: unknown }>;
+}
+
+const requireOptional = createRequire(__filename);
+
+interface ClassValidatorModules {
+  transformer: typeof import('class-transformer');
+  validator: typeof import('class-validator');
+}
+
+let classModules: ClassValidatorModules | undefined;
+
+function loadClassModules(): ClassValidatorModules {
+  if (!classModules) {
+    classModules = {
+      transformer: loadPeer('class-transformer'),
+      validator: loadPeer('class-validator'),
+    };
+  }
+  return classModules;
+}
+
+function loadPeer<T>(pkg: string): T {
+  try {
+    return requireOptional(pkg) as T;
+  } catch (err) {
+    throw new MissingDriverError(pkg, 'DTO validation (validate: SomeClass)', { cause: err });
+  }
+}
+
+/** A class has a prototype with methods or decorators; an arrow or plain function validator does not. */
+function isClass(fn: Function): fn is new (...args: any[]) => object {
+  return /^class[\s{]/.test(Function.prototype.toString.call(fn));
+}
+
+export function compileValidator(validate: PayloadValidator): CompiledValidator {
+  if (isClass(validate)) {
+    const { transformer, validator } = loadClassModules();
+    const dto = validate;
+    return {
+      async check(payload) {
+        if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
+          return { errors: [{ field: '', messages: ['the payload must be a JSON object'] }], value: payload };
+        }
+        const instance = transformer.plainToInstance(dto, payload);
+        const found = await validator.validate(instance, { whitelist: true, forbidUnknownValues: true });
+        return { errors: found.length ? flatten(found) : null, value: instance };
+      },
+    };
+  }
+  const fn = validate as (payload: Json) => FieldError[] | undefined | null | Promise<FieldError[] | undefined | null>;
+  return {
+    async check(payload) {
+      const errors = await fn(payload);
+      return { errors: errors?.length ? errors : null, value: payload };
+    },
+  };
+}
+
+function flatten(errors: import('class-validator').ValidationError[], prefix = ''): FieldError[] {
+  const out: FieldError[] = [];
+  for (const e of errors) {
+    const field = prefix ? `${prefix}.${e.property}` : e.property;
+    if (e.constraints) out.push({ field, messages: Object.values(e.constraints) });
+    if (e.children?.length) out.push(...flatten(e.children, field));
+  }
+  return out;
+}

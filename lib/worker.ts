@@ -1,0 +1,471 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Broker, Lease, Unsubscribe } from './broker.js';
+import {
+  JobCanceledError,
+  JobTimeoutError,
+  LeaseLostError,
+  NonRetryableError,
+  UnknownTaskError,
+  WorkerStoppingError,
+} from './errors.js';
+import type { Json, JobError, JobProgress } from './job.js';
+import type { JobEvents } from './job-events.js';
+import type { Logger } from './logger.js';
+import { backoffDelay, type Job, type TaskDefinition, type TaskRegistry } from './task.js';
+
+export interface WorkerConfig {
+  concurrency: number;
+  leaseMs: number;
+  pollMs: number;
+  graceMs: number;
+  progressIntervalMs: number;
+  /** How long a canceled handler may take to stop before the job is marked canceled anyway. */
+  cancelGraceMs: number;
+  /** How often this worker re-queues jobs whose lease expired (any worker's). */
+  recoverMs: number;
+  /** Only these tasks; all registered ones when empty. */
+  tasks: readonly string[];
+  logger: Logger;
+}
+
+export interface StopReport {
+  /** Jobs that finished during the grace period. */
+  finished: number;
+  /** Jobs handed back to the queue (their attempt not counted). */
+  handedBack: number;
+}
+
+interface Run {
+  lease: Lease;
+  def: TaskDefinition;
+  controller: AbortController;
+  /** Set once the run's final broker write is decided; later outcomes are ignored. */
+  closed: boolean;
+  done: Promise<void>;
+  resolveDone: () => void;
+  timers: NodeJS.Timeout[];
+  unlisten: Unsubscribe | null;
+  flushProgress: () => Promise<void>;
+}
+
+/**
+ * Claims jobs from the broker and runs their tasks, `concurrency` at a time, in this process.
+ * Wakes on the broker's work hint and polls every `pollMs` as a backstop.
+ */
+export class Worker {
+  readonly id = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  private readonly runs = new Map<string, Run>();
+  private started = false;
+  private stopping = false;
+  private wake: (() => void) | null = null;
+  private wakePending = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private offWork: Unsubscribe | null = null;
+  private recoverTimer: NodeJS.Timeout | null = null;
+  private finishedDuringStop = 0;
+
+  constructor(
+    private readonly broker: Broker,
+    private readonly registry: TaskRegistry,
+    private readonly events: JobEvents,
+    private readonly config: WorkerConfig,
+  ) {}
+
+  get activeCount(): number {
+    return this.runs.size;
+  }
+
+  get isRunning(): boolean {
+    return this.started && !this.stopping;
+  }
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.offWork = this.broker.onWork(() => this.poke());
+    this.recoverTimer = setInterval(() => {
+      this.broker.recover().catch((err) => this.config.logger.warn({ err }, 'offload: lease recovery failed'));
+    }, this.config.recoverMs);
+    this.recoverTimer.unref();
+    this.loopDone = this.loop();
+  }
+
+  /**
+   * Stop claiming, give running jobs `graceMs` to finish, then fire their signals and hand them
+   * back to the queue without counting the attempt.
+   */
+  async stop(graceMs = this.config.graceMs): Promise<StopReport> {
+    if (!this.started || this.stopping) {
+      await this.loopDone;
+      return { finished: 0, handedBack: 0 };
+    }
+    this.stopping = true;
+    this.offWork?.();
+    if (this.recoverTimer) clearInterval(this.recoverTimer);
+    this.poke();
+    await this.loopDone;
+    this.finishedDuringStop = 0;
+    if (this.runs.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, graceMs);
+      });
+      await Promise.race([Promise.all([...this.runs.values()].map((r) => r.done)), grace]);
+      clearTimeout(timer);
+    }
+    let handedBack = 0;
+    await Promise.all(
+      [...this.runs.values()].map(async (run) => {
+        if (run.closed) return run.done;
+        this.closeRun(run);
+        run.controller.abort(new WorkerStoppingError());
+        try {
+          if (await this.broker.release(run.lease.job.id, run.lease.token)) handedBack++;
+        } catch (err) {
+          // The lease will expire and recovery re-queues the job: slower, but nothing is lost.
+          this.config.logger.warn({ err, jobId: run.lease.job.id }, 'offload: could not hand a job back');
+        }
+        this.endRun(run);
+      }),
+    );
+    return { finished: this.finishedDuringStop, handedBack };
+  }
+
+  private poke(): void {
+    this.wakePending = true;
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  private async loop(): Promise<void> {
+    let failures = 0;
+    while (!this.stopping) {
+      const free = this.config.concurrency - this.runs.size;
+      const tasks = this.config.tasks.length ? this.config.tasks : this.registry.names();
+      if (free <= 0 || tasks.length === 0) {
+        await this.idle(this.config.pollMs);
+        continue;
+      }
+      this.wakePending = false;
+      let leases: Lease[];
+      try {
+        leases = await this.broker.claim({
+          tasks,
+          limit: free,
+          leaseMs: this.config.leaseMs,
+          workerId: this.id,
+        });
+        failures = 0;
+      } catch (err) {
+        failures++;
+        this.config.logger.warn({ err }, 'offload: claim failed; retrying');
+        await this.idle(Math.min(this.config.pollMs * 2 ** failures, 30_000));
+        continue;
+      }
+      for (const lease of leases) this.run(lease);
+      if (leases.length === 0) await this.idle(this.config.pollMs);
+    }
+  }
+
+  /** Wait for a work hint, a freed slot, stop, or the poll timer; returns at once if a hint came meanwhile. */
+  private idle(ms: number): Promise<void> {
+    if (this.wakePending || this.stopping) {
+      this.wakePending = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wake = null;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private run(lease: Lease): void {
+    const job = lease.job;
+    const def = this.registry.get(job.task);
+    let resolveDone!: () => void;
+    const done = new Promise<void>((r) => {
+      resolveDone = r;
+    });
+    const run: Run = {
+      lease,
+      def: def!,
+      controller: new AbortController(),
+      closed: false,
+      done,
+      resolveDone,
+      timers: [],
+      unlisten: null,
+      flushProgress: async () => {},
+    };
+    this.runs.set(job.id, run);
+    if (!def) {
+      this.closeRun(run);
+      this.write(run, () => this.broker.fail(job.id, lease.token, errorOf(new UnknownTaskError(job.task))));
+      return;
+    }
+    void this.execute(run);
+  }
+
+  private async execute(run: Run): Promise<void> {
+    const { lease, def, controller } = run;
+    const job = lease.job;
+    const started = Date.now();
+
+    this.events
+      .listen(job.id, (event) => {
+        if (event.type === 'cancel') controller.abort(new JobCanceledError());
+      })
+      .then((off) => {
+        if (this.runs.get(job.id) === run) run.unlisten = off;
+        else off();
+      })
+      .catch((err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: cannot watch for cancel'));
+
+    const renewEvery = Math.max(50, Math.floor(this.config.leaseMs / 3));
+    const renew = setInterval(() => {
+      this.broker.renew(job.id, lease.token, this.config.leaseMs).then(
+        (state) => {
+          if (state === null) {
+            if (!run.closed) {
+              this.closeRun(run);
+              controller.abort(new LeaseLostError());
+              this.config.logger.warn({ jobId: job.id, task: job.task }, 'offload: lease lost; the run is abandoned');
+              this.endRun(run);
+            }
+          } else if (state.cancelRequested) controller.abort(new JobCanceledError());
+        },
+        (err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: lease renewal failed'),
+      );
+    }, renewEvery);
+    renew.unref();
+    run.timers.push(renew);
+
+    const timeoutMs = job.timeoutMs ?? def.timeoutMs;
+    if (timeoutMs) {
+      const t = setTimeout(() => {
+        if (run.closed) return;
+        const reason = new JobTimeoutError(timeoutMs);
+        controller.abort(reason);
+        // Do not wait for a handler that ignores its signal: the slot and the job move on.
+        void this.settleFailure(run, reason, started);
+      }, timeoutMs);
+      t.unref();
+      run.timers.push(t);
+    }
+
+    controller.signal.addEventListener('abort', () => {
+      if (!(controller.signal.reason instanceof JobCanceledError) || run.closed) return;
+      const t = setTimeout(() => void this.settleCanceled(run, started), this.config.cancelGraceMs);
+      t.unref();
+      run.timers.push(t);
+    });
+
+    const handle = this.createHandle(run);
+    let payload: unknown = job.payload;
+    try {
+      if (def.validator) {
+        const checked = await def.validator.check(job.payload);
+        if (checked.errors) {
+          const fields = checked.errors.map((e) => `${e.field || '(payload)'}: ${e.messages.join(', ')}`).join('; ');
+          throw new NonRetryableError(`The stored payload is invalid: ${fields}`, 'ERR_OFFLOAD_VALIDATION');
+        }
+        payload = checked.value;
+      }
+      (handle as { payload: unknown }).payload = payload;
+      const result = await def.handler(payload, handle);
+      if (controller.signal.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
+      if (run.closed) return;
+      await run.flushProgress();
+      const json = toJsonResult(result);
+      if (run.closed) return;
+      this.closeRun(run);
+      this.write(run, () => this.broker.complete(job.id, lease.token, json), {
+        outcome: 'succeeded',
+        started,
+      });
+    } catch (err) {
+      if (controller.signal.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
+      await this.settleFailure(run, err, started);
+    }
+  }
+
+  private async settleCanceled(run: Run, started: number): Promise<void> {
+    if (run.closed) return;
+    this.closeRun(run);
+    const { job, token } = run.lease;
+    this.write(run, () => this.broker.acknowledgeCancel(job.id, token), { outcome: 'canceled', started });
+  }
+
+  private async settleFailure(run: Run, err: unknown, started: number): Promise<void> {
+    if (run.closed) return;
+    this.closeRun(run);
+    await run.flushProgress().catch(() => {});
+    const { job, token } = run.lease;
+    const error = errorOf(err);
+    const retry = !(err instanceof NonRetryableError) && job.attempts < job.maxAttempts;
+    const retryAt = retry ? Date.now() + backoffDelay(run.def.backoff, job.attempts) : undefined;
+    this.write(run, () => this.broker.fail(job.id, token, error, retryAt), {
+      outcome: retry ? 'retrying' : 'failed',
+      started,
+      error,
+    });
+  }
+
+  /** Mark the run decided: no other outcome may write after this. */
+  private closeRun(run: Run): void {
+    run.closed = true;
+    for (const t of run.timers) clearTimeout(t);
+    run.timers.length = 0;
+  }
+
+  /** Do the run's final broker write, then free its slot. */
+  private write(
+    run: Run,
+    op: () => Promise<boolean>,
+    info?: { outcome: string; started: number; error?: JobError },
+  ): void {
+    const { job } = run.lease;
+    op()
+      .then(
+        (accepted) => {
+          if (info) {
+            const entry = {
+              jobId: job.id,
+              task: job.task,
+              attempt: job.attempts,
+              durationMs: Date.now() - info.started,
+              outcome: accepted ? info.outcome : 'lease-lost',
+              error: info.error?.message,
+            };
+            if (info.outcome === 'failed' || info.outcome === 'retrying') this.config.logger.warn(entry, 'offload: job failed');
+            else this.config.logger.debug(entry, 'offload: job finished');
+          }
+        },
+        (err) => {
+          // The lease will expire and the job is retried elsewhere: at-least-once, never lost.
+          this.config.logger.error({ err, jobId: job.id }, 'offload: could not record the outcome of a job');
+        },
+      )
+      .finally(() => this.endRun(run));
+  }
+
+  private endRun(run: Run): void {
+    const id = run.lease.job.id;
+    if (this.runs.get(id) !== run) return;
+    this.runs.delete(id);
+    run.unlisten?.();
+    run.unlisten = null;
+    if (this.stopping) this.finishedDuringStop++;
+    run.resolveDone();
+    this.poke();
+  }
+
+  private createHandle(run: Run): Job<unknown> {
+    const { job, token } = run.lease;
+    const broker = this.broker;
+    const interval = this.config.progressIntervalMs;
+    const logger = this.config.logger;
+    let pending: JobProgress | null = null;
+    let lastWrite = 0;
+    let timer: NodeJS.Timeout | null = null;
+    let inflight: Promise<void> | null = null;
+
+    const writePending = (): Promise<void> => {
+      if (inflight) return inflight;
+      if (!pending || run.closed) return Promise.resolve();
+      const value = pending;
+      pending = null;
+      lastWrite = Date.now();
+      inflight = broker
+        .progress(job.id, token, value)
+        .then(
+          () => {},
+          (err) => logger.warn({ err, jobId: job.id }, 'offload: progress write failed'),
+        )
+        .finally(() => {
+          inflight = null;
+        });
+      return inflight;
+    };
+
+    const schedule = () => {
+      if (timer || inflight) return;
+      const wait = lastWrite + interval - Date.now();
+      if (wait <= 0) {
+        void writePending().then(() => {
+          if (pending) schedule();
+        });
+        return;
+      }
+      timer = setTimeout(() => {
+        timer = null;
+        void writePending().then(() => {
+          if (pending) schedule();
+        });
+      }, wait);
+      timer.unref();
+    };
+
+    run.flushProgress = async () => {
+      if (timer) clearTimeout(timer);
+      timer = null;
+      if (inflight) await inflight;
+      // Bypass `run.closed`: the final value is written just before the outcome.
+      if (pending) {
+        const value = pending;
+        pending = null;
+        await broker.progress(job.id, token, value);
+      }
+    };
+
+    return {
+      id: job.id,
+      task: job.task,
+      attempt: job.attempts,
+      maxAttempts: job.maxAttempts,
+      payload: job.payload,
+      owner: job.owner,
+      signal: run.controller.signal,
+      progress(percent: number, message?: string, data?: Json): Promise<void> {
+        if (typeof percent !== 'number' || Number.isNaN(percent)) {
+          return Promise.reject(new TypeError('job.progress(percent): percent must be a number'));
+        }
+        const value: JobProgress = { percent: Math.min(100, Math.max(0, percent)) };
+        if (message !== undefined) value.message = String(message);
+        if (data !== undefined) value.data = data;
+        pending = value;
+        schedule();
+        return Promise.resolve();
+      },
+      async log(line: string): Promise<void> {
+        if (run.closed) return;
+        await broker.log(job.id, token, String(line));
+      },
+    };
+  }
+}
+
+/** What a task's exception becomes in the job record: message and code; the stack stays server-side. */
+export function errorOf(err: unknown): JobError {
+  if (err instanceof Error) {
+    const out: JobError = { message: err.message || err.name };
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string') out.code = code;
+    if (err.stack) out.stack = err.stack;
+    return out;
+  }
+  return { message: typeof err === 'string' ? err : 'The task failed.' };
+}
+
+function toJsonResult(result: unknown): Json {
+  if (result === undefined) return null;
+  return JSON.parse(JSON.stringify(result)) as Json;
+}
