@@ -1,4 +1,4 @@
-import type { Json, JobError, JobEvent, JobProgress, JobRecord, JobStatus } from './job.js';
+import type { JobError, JobEvent, JobProgress, JobRecord, JobStatus, Json } from './job.js';
 
 /**
  * The broker contract. Every adapter (memory, Redis, PostgreSQL, SQLite) implements it and
@@ -21,7 +21,8 @@ export interface Broker {
    * scope exists (until it is purged), enqueue returns that job with `created: false` and
    * persists nothing. The caller compares `payloadHash` to detect a key reused with another payload.
    *
-   * With `maxQueued`, enqueue throws `QueueFullError` when that many jobs are already queued.
+   * With `maxQueued`, enqueue throws `QueueFullError` when that many jobs are already queued;
+   * an idempotent replay of an existing job is answered even then (it adds nothing).
    */
   enqueue(input: EnqueueInput): Promise<EnqueueResult>;
 
@@ -65,7 +66,7 @@ export interface Broker {
 
   /**
    * Hand a running job back to the queue without counting the attempt (graceful shutdown).
-   * Holder only.
+   * A job whose cancel was requested ends `canceled` instead. Holder only.
    */
   release(jobId: string, token: string): Promise<boolean>;
 
@@ -107,7 +108,8 @@ export interface Broker {
 
   /**
    * Re-queue (attempt counted) or fail (attempts spent, code `ERR_OFFLOAD_LEASE_EXPIRED`) every
-   * running job whose lease has expired. Returns how many jobs it touched. Safe to run anywhere.
+   * running job whose lease has expired; one whose cancel was requested ends `canceled`.
+   * Returns how many jobs it touched. Safe to run anywhere, from many processes at once.
    */
   recover(): Promise<number>;
 

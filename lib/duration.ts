@@ -13,5 +13,7 @@ export function toMs(value: Duration, option: string): number {
     const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(value);
     if (m) return Math.round(Number(m[1]) * UNITS[m[2]!]!);
   }
-  throw new ConfigError(`${option} must be a non-negative number of milliseconds or a string like "30s" or "10m"; got ${JSON.stringify(value)}.`);
+  throw new ConfigError(
+    `${option} must be a non-negative number of milliseconds or a string like "30s" or "10m"; got ${JSON.stringify(value)}.`,
+  );
 }

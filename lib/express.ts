@@ -73,12 +73,13 @@ export function offload(options: OffloadOptions = {}): OffloadMiddleware {
       const e = err as { type?: string; status?: number; message?: string; limit?: number };
       let mapped: OffloadError | null = null;
       if (err instanceof OffloadError) mapped = err;
-      else if (e?.type === 'entity.too.large') mapped = new PayloadTooLargeError(e.limit ?? core.config.maxPayloadBytes);
+      else if (e?.type === 'entity.too.large')
+        mapped = new PayloadTooLargeError(e.limit ?? core.config.maxPayloadBytes);
       else if (e?.type === 'entity.parse.failed') {
         mapped = new BadRequestError('The request body is not valid JSON.', 'ERR_OFFLOAD_BAD_JSON');
       }
-      if (!mapped) return next(err);
-      sendProblem(res, toProblem(mapped, core.config.logger));
+      if (mapped) sendProblem(res, toProblem(mapped, core.config.logger));
+      else next(err);
     };
 
   middleware.close = () => core.close();

@@ -38,13 +38,13 @@ export { type BackgroundOptions, type OffloadHandler, type OffloadMiddleware, of
 export {
   isJobId,
   isTerminal,
-  type Json,
   type JobError,
   type JobEvent,
   type JobProgress,
   type JobRecord,
   type JobStatus,
   type JobStatusDocument,
+  type Json,
   toStatusDocument,
 } from './job.js';
 export { JobEvents } from './job-events.js';

@@ -88,10 +88,14 @@ export class JobEvents {
     const sub = this.subscription;
     this.subscription = null;
     if (!sub) return;
-    try {
-      (await sub)();
-    } catch {
-      // Never subscribed: nothing to undo.
-    }
+    // Bounded: a subscription still coming up (broker unreachable) must not hold close();
+    // if it comes up later, it is undone then.
+    const undone = sub.then(
+      (off) => off(),
+      () => {},
+    );
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([undone, new Promise<void>((resolve) => (timer = setTimeout(resolve, 1000)))]);
+    clearTimeout(timer);
   }
 }

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import type { Broker, CancelOutcome, ListPage, ListQuery } from './broker.js';
+import type { Broker, CancelOutcome, ListPage, ListQuery, Unsubscribe } from './broker.js';
 import { resolveBroker } from './broker-url.js';
 import { type Duration, toMs } from './duration.js';
-import { BrokerUnavailableError, OffloadError, UnknownTaskError } from './errors.js';
-import { isTerminal, type Json, type JobRecord } from './job.js';
+import { BrokerUnavailableError, OffloadError, UnknownTaskError, ValidationError } from './errors.js';
+import { isTerminal, type JobEvent, type JobRecord, type Json } from './job.js';
 import { JobEvents } from './job-events.js';
 import { type OffloadOptions, parseOptions, type ResolvedConfig } from './options.js';
 import { defineTask, type TaskDefinition, type TaskHandler, type TaskOptions, TaskRegistry } from './task.js';
@@ -28,10 +28,13 @@ export class Offload {
   readonly worker: Worker | null;
   private purgeTimer: NodeJS.Timeout | null = null;
   private closing: Promise<StopReport> | null = null;
+  /** Only a broker this instance built from a URL is closed with it; a passed-in one belongs to the app. */
+  private readonly ownsBroker: boolean;
 
   constructor(options: OffloadOptions = {}) {
     this.config = parseOptions(options);
     this.broker = resolveBroker(this.config.broker);
+    this.ownsBroker = typeof this.config.broker === 'string';
     this.events = new JobEvents(this.broker);
     const w = this.config.worker;
     this.worker =
@@ -46,7 +49,11 @@ export class Offload {
   }
 
   /** Register a task. The in-process worker starts with the first one. */
-  task<P = any, R = unknown>(name: string, handler: TaskHandler<P, R>, options: TaskOptions = {}): TaskDefinition {
+  task<P = any, R = unknown>(
+    name: string,
+    handler: TaskHandler<P, R>,
+    options: TaskOptions = {},
+  ): TaskDefinition {
     const def = defineTask(name, handler as TaskHandler, options);
     this.registry.add(def);
     if (!this.closing) this.worker?.start();
@@ -57,9 +64,19 @@ export class Offload {
    * Persist a job for a registered task (validated as at submit), bounded by `brokerTimeout`.
    * Returns the job, or the existing one when the idempotency key matched.
    */
-  async enqueue(task: string, payload: Json, options: EnqueueOptions = {}): Promise<{ job: JobRecord; created: boolean }> {
+  async enqueue(
+    task: string,
+    payload: Json,
+    options: EnqueueOptions = {},
+  ): Promise<{ job: JobRecord; created: boolean }> {
     const def = this.registry.get(task);
     if (!def) throw new UnknownTaskError(task);
+    if (def.validator) {
+      const { errors, value } = await def.validator.check(payload);
+      if (errors) throw new ValidationError(errors);
+      // What the DTO kept (unknown properties stripped), as JSON data.
+      payload = JSON.parse(JSON.stringify(value)) as Json;
+    }
     return this.submit(def, payload, {
       owner: options.owner ?? null,
       idempotencyKey: options.idempotencyKey ?? null,
@@ -71,7 +88,12 @@ export class Offload {
   submit(
     def: TaskDefinition,
     payload: Json,
-    opts: { owner: string | null; idempotencyKey: string | null; payloadHash?: string | null; runAt?: number },
+    opts: {
+      owner: string | null;
+      idempotencyKey: string | null;
+      payloadHash?: string | null;
+      runAt?: number;
+    },
   ): Promise<{ job: JobRecord; created: boolean }> {
     const now = Date.now();
     return this.call(
@@ -114,7 +136,7 @@ export class Offload {
     const finished = new Promise<void>((resolve) => {
       wake = resolve;
     });
-    const off = await this.events.listen(id, (event) => {
+    const off = await this.listen(id, (event) => {
       if (event.type === 'status' && event.status && isTerminal(event.status)) wake();
     });
     let timer: NodeJS.Timeout | undefined;
@@ -132,6 +154,23 @@ export class Offload {
     }
   }
 
+  /**
+   * Listen to one job's events (see `JobEvents.listen`), bounded by `brokerTimeout` like every
+   * broker call: a subscription that never comes up must not hold the caller.
+   */
+  async listen(id: string, listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    const listening = this.events.listen(id, listener);
+    try {
+      return await this.call(listening);
+    } catch (err) {
+      listening.then(
+        (off) => off(),
+        () => {},
+      );
+      throw err;
+    }
+  }
+
   async purge(): Promise<number> {
     try {
       return await this.broker.purge(Date.now() - this.config.resultTtlMs);
@@ -141,14 +180,17 @@ export class Offload {
     }
   }
 
-  /** Stop the worker gracefully (see `WorkerOptions.gracePeriod`), then close the broker. */
+  /**
+   * Stop the worker gracefully (see `WorkerOptions.gracePeriod`), then close the broker if this
+   * instance created it from a URL.
+   */
   close(): Promise<StopReport> {
     if (!this.closing) {
       this.closing = (async () => {
         if (this.purgeTimer) clearInterval(this.purgeTimer);
         const report = (await this.worker?.stop()) ?? { finished: 0, handedBack: 0 };
         await this.events.close();
-        await this.broker.close();
+        if (this.ownsBroker) await this.broker.close();
         return report;
       })();
     }
@@ -162,7 +204,10 @@ export class Offload {
   call<T>(op: Promise<T>): Promise<T> {
     const ms = this.config.brokerTimeoutMs;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new BrokerUnavailableError(`The job broker did not answer within ${ms} ms.`)), ms);
+      const timer = setTimeout(
+        () => reject(new BrokerUnavailableError(`The job broker did not answer within ${ms} ms.`)),
+        ms,
+      );
       op.then(
         (value) => {
           clearTimeout(timer);

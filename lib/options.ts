@@ -5,7 +5,9 @@ import { ConfigError } from './errors.js';
 import { consoleLogger, type Logger } from './logger.js';
 
 /** Who is asking: the id that owns and may read a job. `null`/`undefined` means anonymous. */
-export type OwnerHook<Req = any> = (req: Req) => string | number | null | undefined | Promise<string | number | null | undefined>;
+export type OwnerHook<Req = any> = (
+  req: Req,
+) => string | number | null | undefined | Promise<string | number | null | undefined>;
 
 export interface WorkerOptions {
   /** Jobs run at once in this process; `0` runs none here (web only). @defaultValue 4 */
@@ -124,14 +126,17 @@ function intInRange(value: unknown, name: string, min: number, max: number): num
 
 /** Fills defaults once, checks ranges, and names any unknown key. */
 export function parseOptions(options: OffloadOptions = {}): ResolvedConfig {
-  if (options === null || typeof options !== 'object') throw new ConfigError('offload(options): options must be an object.');
+  if (options === null || typeof options !== 'object')
+    throw new ConfigError('offload(options): options must be an object.');
   checkKeys(options, OPTION_KEYS, 'offload');
   const w = options.worker === false ? { concurrency: 0 } : (options.worker ?? {});
   checkKeys(w, WORKER_KEYS, 'worker');
 
   const basePath = options.basePath ?? '/jobs';
   if (!/^\/[\w\-./~]*[^/]$/.test(basePath) && basePath !== '/') {
-    throw new ConfigError(`basePath must start with "/" and not end with "/"; got ${JSON.stringify(basePath)}.`);
+    throw new ConfigError(
+      `basePath must start with "/" and not end with "/"; got ${JSON.stringify(basePath)}.`,
+    );
   }
   if (options.owner !== undefined && typeof options.owner !== 'function') {
     throw new ConfigError('owner must be a function (req) => string | null.');

@@ -1,4 +1,4 @@
-import { STATUS_CODES, type ServerResponse } from 'node:http';
+import { type ServerResponse, STATUS_CODES } from 'node:http';
 import { OffloadError, ValidationError } from './errors.js';
 import type { Logger } from './logger.js';
 
@@ -15,7 +15,11 @@ export interface Problem {
 
 /** `ERR_OFFLOAD_QUEUE_FULL` → `urn:offload:problem:queue-full`. */
 function typeOf(code: string): string {
-  const slug = code.replace(/^ERR_OFFLOAD_?/, '').toLowerCase().replace(/_/g, '-') || 'error';
+  const slug =
+    code
+      .replace(/^ERR_OFFLOAD_?/, '')
+      .toLowerCase()
+      .replace(/_/g, '-') || 'error';
   return `urn:offload:problem:${slug}`;
 }
 
@@ -45,7 +49,11 @@ export function toProblem(err: unknown, logger?: Logger): Problem {
   };
 }
 
-export function sendProblem(res: ServerResponse, problem: Problem, headers: Record<string, string> = {}): void {
+export function sendProblem(
+  res: ServerResponse,
+  problem: Problem,
+  headers: Record<string, string> = {},
+): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -60,7 +68,12 @@ export function sendProblem(res: ServerResponse, problem: Problem, headers: Reco
   res.end(body);
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers?: Record<string, string>): void {
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers?: Record<string, string>,
+): void {
   const text = JSON.stringify(body);
   res.statusCode = status;
   if (headers) for (const name in headers) res.setHeader(name, headers[name]!);

@@ -77,7 +77,8 @@ export function defineTask(name: string, handler: TaskHandler, options: TaskOpti
       ? options.backoff
       : { delay: options.backoff ?? 1000 };
   const factor = b.factor ?? 2;
-  if (!Number.isFinite(factor) || factor < 1) throw new ConfigError(`Task "${name}": backoff.factor must be >= 1.`);
+  if (!Number.isFinite(factor) || factor < 1)
+    throw new ConfigError(`Task "${name}": backoff.factor must be >= 1.`);
   return {
     name,
     handler,
@@ -97,7 +98,11 @@ export function defineTask(name: string, handler: TaskHandler, options: TaskOpti
  * Delay before the run after `attempt` (1-based): exponential, capped, with "equal jitter"
  * (half fixed, half random) so a burst of failures does not retry in lockstep.
  */
-export function backoffDelay(def: TaskDefinition['backoff'], attempt: number, random = Math.random()): number {
+export function backoffDelay(
+  def: TaskDefinition['backoff'],
+  attempt: number,
+  random = Math.random(),
+): number {
   const exp = Math.min(def.max, def.delay * def.factor ** Math.max(0, attempt - 1));
   return Math.round(exp / 2 + (exp / 2) * random);
 }

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import { MissingDriverError, type FieldError } from './errors.js';
+import { type FieldError, MissingDriverError } from './errors.js';
 import type { Json } from './job.js';
 
 /**
@@ -7,7 +7,9 @@ import type { Json } from './job.js';
  * errors (an empty array or nothing when the payload is valid).
  */
 export type PayloadValidator =
-  | (new (...args: any[]) => object)
+  | (new (
+      ...args: any[]
+    ) => object)
   | ((payload: Json) => FieldError[] | undefined | null | Promise<FieldError[] | undefined | null>);
 
 export interface CompiledValidator {
@@ -62,7 +64,9 @@ export function compileValidator(validate: PayloadValidator): CompiledValidator 
       },
     };
   }
-  const fn = validate as (payload: Json) => FieldError[] | undefined | null | Promise<FieldError[] | undefined | null>;
+  const fn = validate as (
+    payload: Json,
+  ) => FieldError[] | undefined | null | Promise<FieldError[] | undefined | null>;
   return {
     async check(payload) {
       const errors = await fn(payload);

@@ -9,7 +9,7 @@ import {
   UnknownTaskError,
   WorkerStoppingError,
 } from './errors.js';
-import type { Json, JobError, JobProgress } from './job.js';
+import type { JobError, JobProgress, Json } from './job.js';
 import type { JobEvents } from './job-events.js';
 import type { Logger } from './logger.js';
 import { backoffDelay, type Job, type TaskDefinition, type TaskRegistry } from './task.js';
@@ -55,6 +55,7 @@ interface Run {
  */
 export class Worker {
   readonly id = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  /** By lease token: a run not yet found lost and a new run of the same job can both be here. */
   private readonly runs = new Map<string, Run>();
   private started = false;
   private stopping = false;
@@ -85,7 +86,9 @@ export class Worker {
     this.started = true;
     this.offWork = this.broker.onWork(() => this.poke());
     this.recoverTimer = setInterval(() => {
-      this.broker.recover().catch((err) => this.config.logger.warn({ err }, 'offload: lease recovery failed'));
+      this.broker
+        .recover()
+        .catch((err) => this.config.logger.warn({ err }, 'offload: lease recovery failed'));
     }, this.config.recoverMs);
     this.recoverTimer.unref();
     this.loopDone = this.loop();
@@ -105,7 +108,6 @@ export class Worker {
     if (this.recoverTimer) clearInterval(this.recoverTimer);
     this.poke();
     await this.loopDone;
-    this.finishedDuringStop = 0;
     if (this.runs.size > 0) {
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise<void>((resolve) => {
@@ -117,7 +119,8 @@ export class Worker {
     let handedBack = 0;
     await Promise.all(
       [...this.runs.values()].map(async (run) => {
-        if (run.closed) return run.done;
+        // Its final write is under way; a broker that never answers must not hold stop() forever.
+        if (run.closed) return Promise.race([run.done, delay(graceMs)]);
         this.closeRun(run);
         run.controller.abort(new WorkerStoppingError());
         try {
@@ -126,7 +129,7 @@ export class Worker {
           // The lease will expire and recovery re-queues the job: slower, but nothing is lost.
           this.config.logger.warn({ err, jobId: run.lease.job.id }, 'offload: could not hand a job back');
         }
-        this.endRun(run);
+        this.endRun(run, false);
       }),
     );
     return { finished: this.finishedDuringStop, handedBack };
@@ -205,7 +208,7 @@ export class Worker {
       unlisten: null,
       flushProgress: async () => {},
     };
-    this.runs.set(job.id, run);
+    this.runs.set(lease.token, run);
     if (!def) {
       this.closeRun(run);
       this.write(run, () => this.broker.fail(job.id, lease.token, errorOf(new UnknownTaskError(job.task))));
@@ -224,7 +227,7 @@ export class Worker {
         if (event.type === 'cancel') controller.abort(new JobCanceledError());
       })
       .then((off) => {
-        if (this.runs.get(job.id) === run) run.unlisten = off;
+        if (this.runs.get(lease.token) === run) run.unlisten = off;
         else off();
       })
       .catch((err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: cannot watch for cancel'));
@@ -237,7 +240,10 @@ export class Worker {
             if (!run.closed) {
               this.closeRun(run);
               controller.abort(new LeaseLostError());
-              this.config.logger.warn({ jobId: job.id, task: job.task }, 'offload: lease lost; the run is abandoned');
+              this.config.logger.warn(
+                { jobId: job.id, task: job.task },
+                'offload: lease lost; the run is abandoned',
+              );
               this.endRun(run);
             }
           } else if (state.cancelRequested) controller.abort(new JobCanceledError());
@@ -274,7 +280,9 @@ export class Worker {
       if (def.validator) {
         const checked = await def.validator.check(job.payload);
         if (checked.errors) {
-          const fields = checked.errors.map((e) => `${e.field || '(payload)'}: ${e.messages.join(', ')}`).join('; ');
+          const fields = checked.errors
+            .map((e) => `${e.field || '(payload)'}: ${e.messages.join(', ')}`)
+            .join('; ');
           throw new NonRetryableError(`The stored payload is invalid: ${fields}`, 'ERR_OFFLOAD_VALIDATION');
         }
         payload = checked.value;
@@ -345,7 +353,8 @@ export class Worker {
               outcome: accepted ? info.outcome : 'lease-lost',
               error: info.error?.message,
             };
-            if (info.outcome === 'failed' || info.outcome === 'retrying') this.config.logger.warn(entry, 'offload: job failed');
+            if (info.outcome === 'failed' || info.outcome === 'retrying')
+              this.config.logger.warn(entry, 'offload: job failed');
             else this.config.logger.debug(entry, 'offload: job finished');
           }
         },
@@ -357,13 +366,13 @@ export class Worker {
       .finally(() => this.endRun(run));
   }
 
-  private endRun(run: Run): void {
-    const id = run.lease.job.id;
-    if (this.runs.get(id) !== run) return;
-    this.runs.delete(id);
+  private endRun(run: Run, finished = true): void {
+    const token = run.lease.token;
+    if (this.runs.get(token) !== run) return;
+    this.runs.delete(token);
     run.unlisten?.();
     run.unlisten = null;
-    if (this.stopping) this.finishedDuringStop++;
+    if (this.stopping && finished) this.finishedDuringStop++;
     run.resolveDone();
     this.poke();
   }
@@ -397,7 +406,9 @@ export class Worker {
     };
 
     const schedule = () => {
-      if (timer || inflight) return;
+      // Once the run is closed nothing more is written (`writePending` refuses), so rescheduling
+      // would spin forever on the value that stays pending.
+      if (timer || inflight || run.closed) return;
       const wait = lastWrite + interval - Date.now();
       if (wait <= 0) {
         void writePending().then(() => {
@@ -415,9 +426,13 @@ export class Worker {
     };
 
     run.flushProgress = async () => {
-      if (timer) clearTimeout(timer);
-      timer = null;
-      if (inflight) await inflight;
+      // Finishing an in-flight write may start the next one: wait until none is left.
+      for (;;) {
+        if (timer) clearTimeout(timer);
+        timer = null;
+        if (!inflight) break;
+        await inflight;
+      }
       // Bypass `run.closed`: the final value is written just before the outcome.
       if (pending) {
         const value = pending;
@@ -468,4 +483,8 @@ export function errorOf(err: unknown): JobError {
 function toJsonResult(result: unknown): Json {
   if (result === undefined) return null;
   return JSON.parse(JSON.stringify(result)) as Json;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }

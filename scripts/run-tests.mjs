@@ -14,5 +14,7 @@ if (files.length === 0) {
   console.error(`No test files match ${filters.join(', ') || '(all)'}.`);
   process.exit(1);
 }
-const result = spawnSync(process.execPath, ['--test', '--test-timeout=120000', ...files], { stdio: 'inherit' });
+const result = spawnSync(process.execPath, ['--test', '--test-timeout=120000', ...files], {
+  stdio: 'inherit',
+});
 process.exit(result.status ?? 1);

@@ -13,12 +13,12 @@ import type {
 import { QueueFullError } from '../../lib/errors.js';
 import {
   isTerminal,
-  type Json,
   type JobError,
   type JobEvent,
   type JobProgress,
   type JobRecord,
   type JobStatus,
+  type Json,
 } from '../../lib/job.js';
 import { decodeCursor, encodeCursor, isAfterCursor } from '../../lib/list-cursor.js';
 
@@ -76,8 +76,8 @@ export class MemoryBroker implements Broker {
   /** Queued jobs not yet due, sorted by runAt. */
   private delayed: Entry[] = [];
   private readonly running = new Set<Entry>();
-  /** Finished jobs in the order they finished, for purge. */
-  private readonly finished = new Fifo<Entry>();
+  /** Finished jobs in the order they finished, for purge; `finishedAt` tells a stale position of a retried job. */
+  private readonly finished = new Fifo<{ entry: Entry; finishedAt: number }>();
   private readonly idempotency = new Map<string, string>();
   private readonly statusCounts: Record<JobStatus, number> = {
     queued: 0,
@@ -116,7 +116,7 @@ export class MemoryBroker implements Broker {
     const job: JobRecord = {
       id: randomUUID(),
       task: input.task,
-      payload: input.payload,
+      payload: structuredClone(input.payload),
       status: 'queued',
       progress: null,
       result: null,
@@ -182,8 +182,8 @@ export class MemoryBroker implements Broker {
   async progress(jobId: string, token: string, progress: JobProgress): Promise<boolean> {
     const entry = this.held(jobId, token);
     if (!entry) return false;
-    entry.job.progress = progress;
-    this.emit(entry, { type: 'progress', progress });
+    entry.job.progress = structuredClone(progress);
+    this.emit(entry, { type: 'progress', progress: entry.job.progress });
     return true;
   }
 
@@ -200,7 +200,7 @@ export class MemoryBroker implements Broker {
     const entry = this.held(jobId, token);
     if (!entry) return false;
     if (entry.job.cancelRequested) this.finish(entry, 'canceled', Date.now(), {});
-    else this.finish(entry, 'succeeded', Date.now(), { result });
+    else this.finish(entry, 'succeeded', Date.now(), { result: structuredClone(result) });
     return true;
   }
 
@@ -208,6 +208,7 @@ export class MemoryBroker implements Broker {
     const entry = this.held(jobId, token);
     if (!entry) return false;
     const now = Date.now();
+    error = structuredClone(error);
     if (entry.job.cancelRequested) this.finish(entry, 'canceled', now, {});
     else if (retryAt !== undefined) this.requeue(entry, retryAt, error);
     else this.finish(entry, 'failed', now, { error });
@@ -238,7 +239,8 @@ export class MemoryBroker implements Broker {
     owner?: string | null,
   ): Promise<{ outcome: CancelOutcome; job: JobRecord | null }> {
     const entry = this.jobs.get(jobId);
-    if (!entry || (owner !== undefined && entry.job.owner !== owner)) return { outcome: 'not-found', job: null };
+    if (!entry || (owner !== undefined && entry.job.owner !== owner))
+      return { outcome: 'not-found', job: null };
     const job = entry.job;
     if (job.status === 'queued') {
       this.finish(entry, 'canceled', Date.now(), {});
@@ -299,7 +301,7 @@ export class MemoryBroker implements Broker {
     if (afterSeq >= entry.job.seq) return [];
     const first = events[0];
     if (!first || first.seq > afterSeq + 1) return null;
-    return events.filter((e) => e.seq > afterSeq);
+    return structuredClone(events.filter((e) => e.seq > afterSeq));
   }
 
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
@@ -319,7 +321,10 @@ export class MemoryBroker implements Broker {
       if (entry.leaseUntil > now) continue;
       touched++;
       const job = entry.job;
-      const error = { message: 'The worker running the job stopped renewing its lease.', code: 'ERR_OFFLOAD_LEASE_EXPIRED' };
+      const error = {
+        message: 'The worker running the job stopped renewing its lease.',
+        code: 'ERR_OFFLOAD_LEASE_EXPIRED',
+      };
       if (job.cancelRequested) this.finish(entry, 'canceled', now, {});
       else if (job.attempts >= job.maxAttempts) this.finish(entry, 'failed', now, { error });
       else this.requeue(entry, now, error);
@@ -329,16 +334,19 @@ export class MemoryBroker implements Broker {
 
   async purge(before: number): Promise<number> {
     let purged = 0;
-    for (let entry = this.finished.peek(); entry; entry = this.finished.peek()) {
+    for (let item = this.finished.peek(); item; item = this.finished.peek()) {
+      const { entry, finishedAt } = item;
       const job = entry.job;
-      const stillFinished = this.jobs.get(job.id) === entry && isTerminal(job.status) && job.finishedAt !== null;
-      if (stillFinished && job.finishedAt! >= before) break;
+      const stillFinished =
+        this.jobs.get(job.id) === entry && isTerminal(job.status) && job.finishedAt === finishedAt;
+      if (stillFinished && finishedAt >= before) break;
       this.finished.shift();
       // A retried job left the finished list; it is added again when it finishes again.
       if (!stillFinished) continue;
       this.jobs.delete(job.id);
       this.statusCounts[job.status]--;
-      if (job.idempotencyKey) this.idempotency.delete(JSON.stringify([job.owner, job.task, job.idempotencyKey]));
+      if (job.idempotencyKey)
+        this.idempotency.delete(JSON.stringify([job.owner, job.task, job.idempotencyKey]));
       purged++;
     }
     return purged;
@@ -383,7 +391,7 @@ export class MemoryBroker implements Broker {
     job.cancelRequested = false;
     if (outcome.result !== undefined) job.result = outcome.result;
     if (outcome.error !== undefined) job.error = outcome.error;
-    this.finished.push(entry);
+    this.finished.push({ entry, finishedAt: now });
     this.emit(entry, {
       type: 'status',
       status,
@@ -495,6 +503,7 @@ export class MemoryBroker implements Broker {
   }
 }
 
+/** A deep copy: payload, progress, result and error are objects a caller could mutate. */
 function copy(job: JobRecord): JobRecord {
-  return { ...job, logs: job.logs.slice() };
+  return structuredClone(job);
 }

@@ -79,7 +79,10 @@ export function parseJson(text: string): Json {
   try {
     value = JSON.parse(text) as Json;
   } catch (err) {
-    throw new BadRequestError(`The request body is not valid JSON: ${(err as Error).message}`, 'ERR_OFFLOAD_BAD_JSON');
+    throw new BadRequestError(
+      `The request body is not valid JSON: ${(err as Error).message}`,
+      'ERR_OFFLOAD_BAD_JSON',
+    );
   }
   // Cheap text test first: the walk only runs when a dangerous key can be present.
   if (text.includes('__proto__') || text.includes('prototype')) assertNoPoisonKeys(value);
@@ -103,9 +106,15 @@ export function assertNoPoisonKeys(value: unknown): void {
       const child = (node as Record<string, unknown>)[key];
       if (
         key === '__proto__' ||
-        (key === 'constructor' && child !== null && typeof child === 'object' && Object.hasOwn(child, 'prototype'))
+        (key === 'constructor' &&
+          child !== null &&
+          typeof child === 'object' &&
+          Object.hasOwn(child, 'prototype'))
       ) {
-        throw new BadRequestError(`The request body contains the forbidden key "${key}".`, 'ERR_OFFLOAD_FORBIDDEN_KEY');
+        throw new BadRequestError(
+          `The request body contains the forbidden key "${key}".`,
+          'ERR_OFFLOAD_FORBIDDEN_KEY',
+        );
       }
       stack.push(child);
     }

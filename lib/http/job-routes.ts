@@ -30,7 +30,12 @@ export function createJobRoutes(core: Offload) {
   const base = core.config.basePath;
   const retryAfter = String(core.config.retryAfter);
 
-  async function handle(req: OffloadRequest, res: ServerResponse, path: string, query: string): Promise<void> {
+  async function handle(
+    req: OffloadRequest,
+    res: ServerResponse,
+    path: string,
+    query: string,
+  ): Promise<void> {
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     if (path === '' || path === '/') {
       if (method !== 'GET') throw new MethodNotAllowedError('GET');
@@ -59,7 +64,14 @@ export function createJobRoutes(core: Offload) {
 
     const job = await core.get(id, owner);
     if (!job) throw new JobNotFoundError();
-    if (parts.length === 3) return streamJobEvents(core, req, res, job);
+    if (parts.length === 3) {
+      if (req.method === 'HEAD') {
+        res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache, no-transform' });
+        res.end();
+        return;
+      }
+      return streamJobEvents(core, req, res, job);
+    }
     const headers: Record<string, string> = { 'Cache-Control': 'no-store' };
     if (!isTerminal(job.status)) headers['Retry-After'] = retryAfter;
     sendJson(res, 200, toStatusDocument(job, core.config.exposeStack), headers);
@@ -96,10 +108,12 @@ export function createJobRoutes(core: Offload) {
   return function offloadJobRoutes(req: OffloadRequest, res: ServerResponse, next: Next): void {
     // originalUrl: the configured basePath is absolute, wherever the middleware is mounted.
     const url = req.originalUrl ?? req.url ?? '/';
-    if (!url.startsWith(base)) return next();
     const q = url.indexOf('?');
     const path = url.slice(base.length, q === -1 ? undefined : q);
-    if (path !== '' && path[0] !== '/') return next();
+    if (!url.startsWith(base) || (path !== '' && path[0] !== '/')) {
+      next();
+      return;
+    }
     handle(req, res, path, q === -1 ? '' : url.slice(q + 1)).catch((err) => {
       const headers: Record<string, string> = {};
       if (err instanceof MethodNotAllowedError) headers.Allow = err.allow;
@@ -107,5 +121,3 @@ export function createJobRoutes(core: Offload) {
     });
   };
 }
-
-export type { ServerResponse };

@@ -48,6 +48,9 @@ export async function streamJobEvents(
     res.write(`id: ${id}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     lastSent = id;
   };
+  const writeUnnumbered = (event: string, data: unknown) => {
+    if (!ended) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  };
   const sendTerminal = async (seq: number) => {
     const latest = await core.get(job.id).catch(() => null);
     write(latest?.status ?? 'failed', seq, latest ? toStatusDocument(latest, exposeStack) : { id: job.id });
@@ -79,20 +82,28 @@ export async function streamJobEvents(
   res.on('close', end);
 
   try {
-    off = await core.events.listen(job.id, (event) => {
+    off = await core.listen(job.id, (event) => {
       if (buffer) buffer.push(event);
       else deliver(event);
     });
-    if (ended) return end();
+    if (ended) {
+      // The client left while we subscribed: `end` ran before there was anything to undo.
+      off();
+      return;
+    }
     const current = (await core.get(job.id)) ?? job;
     const missed = resumeFrom === null ? null : await core.call(core.broker.history(job.id, resumeFrom));
     if (missed === null) {
       // Fresh connection, or history no longer reaches back: the snapshot stands for it all.
-      write('snapshot', current.seq, toStatusDocument(current, exposeStack));
+      const doc = toStatusDocument(current, exposeStack);
       if (isTerminal(current.status)) {
-        write(current.status, current.seq, toStatusDocument(current, exposeStack));
+        // The snapshot goes without an id so ids stay strictly increasing: the terminal event
+        // that follows carries the job's seq.
+        writeUnnumbered('snapshot', doc);
+        write(current.status, current.seq, doc);
         return end();
       }
+      write('snapshot', current.seq, doc);
     } else {
       for (const event of missed) deliver(event);
     }

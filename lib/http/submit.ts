@@ -6,7 +6,7 @@ import {
   PayloadTooLargeError,
   ValidationError,
 } from '../errors.js';
-import { type Json, type JobRecord, publicError } from '../job.js';
+import { type JobRecord, type Json, publicError } from '../job.js';
 import { hashPayload, type Offload } from '../offload.js';
 import type { OffloadRequest } from '../options.js';
 import { type Problem, sendJson, sendProblem, toProblem } from '../problem.js';
@@ -28,7 +28,9 @@ class JobFailedProblem extends OffloadError {
   ) {
     const canceled = job.status === 'canceled';
     super(
-      canceled ? 'The job was canceled.' : (publicError(job.error ?? { message: 'The job failed.' }, exposeStack).message),
+      canceled
+        ? 'The job was canceled.'
+        : publicError(job.error ?? { message: 'The job failed.' }, exposeStack).message,
       canceled ? 'ERR_OFFLOAD_CANCELED' : (job.error?.code ?? 'ERR_OFFLOAD_JOB_FAILED'),
       canceled ? 409 : 500,
     );
@@ -40,7 +42,11 @@ class JobFailedProblem extends OffloadError {
  * answer 202 (or 200 when `Prefer: wait` sees it finish). Nothing is persisted unless every
  * check passed.
  */
-export function createSubmitHandler(core: Offload, def: TaskDefinition, extract: PayloadExtractor<unknown, any> | null) {
+export function createSubmitHandler(
+  core: Offload,
+  def: TaskDefinition,
+  extract: PayloadExtractor<unknown, any> | null,
+) {
   const { basePath, maxPayloadBytes, maxWaitMs, exposeStack, logger } = core.config;
   const retryAfter = String(core.config.retryAfter);
 
@@ -49,7 +55,10 @@ export function createSubmitHandler(core: Offload, def: TaskDefinition, extract:
     const idemHeader = req.headers['idempotency-key'];
     const idempotencyKey = typeof idemHeader === 'string' ? idemHeader.trim() : null;
     if (idempotencyKey !== null && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
-      throw new BadRequestError('Idempotency-Key must be 1-255 visible ASCII characters.', 'ERR_OFFLOAD_BAD_IDEMPOTENCY_KEY');
+      throw new BadRequestError(
+        'Idempotency-Key must be 1-255 visible ASCII characters.',
+        'ERR_OFFLOAD_BAD_IDEMPOTENCY_KEY',
+      );
     }
 
     // `sized` is true once the payload is known to fit: a body we read ourselves was bounded.
@@ -65,7 +74,8 @@ export function createSubmitHandler(core: Offload, def: TaskDefinition, extract:
       payload = toJson(await extract(req));
       sized = false;
     } else {
-      if (req.body === undefined) throw new BadRequestError('The payload is empty.', 'ERR_OFFLOAD_EMPTY_PAYLOAD');
+      if (req.body === undefined)
+        throw new BadRequestError('The payload is empty.', 'ERR_OFFLOAD_EMPTY_PAYLOAD');
       payload = req.body as Json;
     }
     if (def.validator) {
@@ -85,7 +95,15 @@ export function createSubmitHandler(core: Offload, def: TaskDefinition, extract:
 
     if (prefer.wait !== null) {
       const ms = Math.min(prefer.wait * 1000, maxWaitMs);
-      const finished = ms > 0 ? await core.waitFor(job.id, ms) : null;
+      // The job is already persisted: a broker failing during the wait means "not finished in
+      // time" (202), never a 503 that would make the client submit it again.
+      const finished =
+        ms > 0
+          ? await core.waitFor(job.id, ms).catch((err) => {
+              logger.warn({ err, jobId: job.id }, 'offload: Prefer: wait gave up on the broker');
+              return null;
+            })
+          : null;
       if (finished) return sendFinished(res, finished, Math.round(ms / 1000));
     }
     sendAccepted(res, job, created, prefer.respondAsync);
@@ -114,7 +132,10 @@ export function createSubmitHandler(core: Offload, def: TaskDefinition, extract:
       'Preference-Applied': `wait=${waited}`,
       Vary: 'Prefer',
     };
-    if (job.status === 'succeeded') return sendJson(res, 200, job.result, headers);
+    if (job.status === 'succeeded') {
+      sendJson(res, 200, job.result, headers);
+      return;
+    }
     const problem: Problem = toProblem(new JobFailedProblem(job, exposeStack));
     problem.jobId = job.id;
     sendProblem(res, problem, headers);
@@ -135,8 +156,12 @@ function toJson(value: unknown): Json {
   try {
     text = JSON.stringify(value);
   } catch (err) {
-    throw new BadRequestError(`The payload is not JSON-serialisable: ${(err as Error).message}`, 'ERR_OFFLOAD_BAD_PAYLOAD');
+    throw new BadRequestError(
+      `The payload is not JSON-serialisable: ${(err as Error).message}`,
+      'ERR_OFFLOAD_BAD_PAYLOAD',
+    );
   }
-  if (text === undefined) throw new BadRequestError('The payload is not JSON-serialisable.', 'ERR_OFFLOAD_BAD_PAYLOAD');
+  if (text === undefined)
+    throw new BadRequestError('The payload is not JSON-serialisable.', 'ERR_OFFLOAD_BAD_PAYLOAD');
   return JSON.parse(text) as Json;
 }

@@ -5,7 +5,9 @@ const workers = Number(process.env.WORKERS ?? 4);
 const { app, jobs } = createApp({ brokerUrl: process.env.BROKER_URL || 'memory:', workers });
 
 const server = app.listen(port, () => {
-  console.log(`offload sample on http://localhost:${port} (broker ${process.env.BROKER_URL || 'memory:'}, workers ${workers})`);
+  console.log(
+    `offload sample on http://localhost:${port} (broker ${process.env.BROKER_URL || 'memory:'}, workers ${workers})`,
+  );
 });
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {

@@ -1,0 +1,50 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { MemoryBroker } from '../../adapters/memory/memory.broker.js';
+import { requireDriver, resolveBroker } from '../../lib/broker-url.js';
+import { ConfigError, MissingDriverError } from '../../lib/errors.js';
+
+describe('resolveBroker', () => {
+  it('passes a broker object through', () => {
+    const broker = new MemoryBroker();
+    assert.equal(resolveBroker(broker), broker);
+  });
+
+  it('builds a MemoryBroker from memory:', () => {
+    assert.ok(resolveBroker('memory:') instanceof MemoryBroker);
+    assert.ok(resolveBroker('MEMORY:') instanceof MemoryBroker);
+  });
+
+  it('rejects an unknown scheme with the list of known ones, without leaking credentials', () => {
+    assert.throws(
+      () => resolveBroker('amqp://user:secret@host/x'),
+      (err: Error) => {
+        assert.ok(err instanceof ConfigError);
+        assert.match(err.message, /memory:, redis:\/\/, postgres:\/\/ or sqlite:path/);
+        assert.doesNotMatch(err.message, /secret/);
+        return true;
+      },
+    );
+    assert.throws(() => resolveBroker('nonsense'), ConfigError);
+  });
+});
+
+describe('requireDriver', () => {
+  it('names the package to install when an optional driver is missing', () => {
+    assert.throws(
+      () => requireDriver('offload-test-driver-that-is-not-installed', 'test broker'),
+      (err: Error) => {
+        assert.ok(err instanceof MissingDriverError);
+        assert.equal((err as MissingDriverError).code, 'ERR_OFFLOAD_MISSING_DRIVER');
+        assert.match(err.message, /npm install offload-test-driver-that-is-not-installed/);
+        assert.match(err.message, /test broker/);
+        return true;
+      },
+    );
+  });
+
+  it('loads an installed package', () => {
+    const mod = requireDriver<{ validate: unknown }>('class-validator', 'validation');
+    assert.equal(typeof mod.validate, 'function');
+  });
+});

@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+/**
+ * A consumer project outside the repo with `offload` linked into its node_modules, loading the
+ * built package by name from CommonJS and from ESM, as an app would after `npm install offload`.
+ */
+describe('the built package, as a consumer loads it', () => {
+  const root = resolve(__dirname, '../../..');
+  let dir: string;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'offload-consumer-'));
+    execFileSync('mkdir', ['-p', join(dir, 'node_modules')]);
+    symlinkSync(root, join(dir, 'node_modules', 'offload'), 'dir');
+    writeFileSync(join(dir, 'package.json'), '{"name":"consumer","private":true}');
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const run = (file: string, code: string) => {
+    writeFileSync(join(dir, file), code);
+    return execFileSync(process.execPath, [join(dir, file)], { cwd: dir, encoding: 'utf8' }).trim();
+  };
+
+  it('require("offload") from CommonJS', () => {
+    const out = run(
+      'cjs.cjs',
+      `const { offload, MemoryBroker, NonRetryableError } = require('offload');
+       const jobs = offload({ worker: false });
+       console.log(typeof jobs, typeof jobs.background, jobs.core.broker instanceof MemoryBroker, new NonRetryableError('x').code);
+       jobs.close();`,
+    );
+    assert.equal(out, 'function function true ERR_OFFLOAD_NON_RETRYABLE');
+  });
+
+  it('import { offload } from "offload" in ESM, sharing classes with the CommonJS build', () => {
+    const out = run(
+      'esm.mjs',
+      `import { offload, MemoryBroker } from 'offload';
+       import def from 'offload';
+       import { createRequire } from 'node:module';
+       const cjs = createRequire(import.meta.url)('offload');
+       const jobs = offload({ worker: false });
+       console.log(typeof offload, jobs.core.broker instanceof MemoryBroker, MemoryBroker === cjs.MemoryBroker, def.offload === offload);
+       await jobs.close();`,
+    );
+    assert.equal(out, 'function true true true');
+  });
+
+  it('exposes only the declared entry points', () => {
+    assert.throws(
+      () => run('deep.cjs', `require('offload/build/lib/worker.js')`),
+      /ERR_PACKAGE_PATH_NOT_EXPORTED/,
+    );
+  });
+});
