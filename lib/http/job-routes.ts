@@ -66,7 +66,10 @@ export function createJobRoutes(core: Offload) {
     if (!job) throw new JobNotFoundError();
     if (parts.length === 3) {
       if (req.method === 'HEAD') {
-        res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache, no-transform' });
+        res.writeHead(200, {
+          'Content-Type': 'text/event-stream; charset=utf-8',
+          'Cache-Control': 'no-cache, no-transform',
+        });
         res.end();
         return;
       }

@@ -29,7 +29,11 @@ describe('Offload.enqueue', () => {
 
   it('persists what the DTO kept, with the owner and a delay', async () => {
     const before = Date.now();
-    const { job, created } = await core.enqueue('count', { count: 2, extra: 'x' }, { owner: 'ann', delay: '1s' });
+    const { job, created } = await core.enqueue(
+      'count',
+      { count: 2, extra: 'x' },
+      { owner: 'ann', delay: '1s' },
+    );
     assert.equal(created, true);
     assert.deepEqual(job.payload, { count: 2 });
     assert.equal(job.owner, 'ann');
@@ -43,6 +47,9 @@ describe('Offload.enqueue', () => {
   it('does not close a broker it was given', async () => {
     const other = new Offload({ broker, worker: false, logger: silentLogger });
     await other.close();
-    assert.equal((await broker.enqueue({ task: 't', payload: 1, owner: null, maxAttempts: 1 })).created, true);
+    assert.equal(
+      (await broker.enqueue({ task: 't', payload: 1, owner: null, maxAttempts: 1 })).created,
+      true,
+    );
   });
 });
