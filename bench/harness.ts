@@ -31,14 +31,21 @@ function installCleanup(): void {
 }
 
 /** Fork `file` (a compiled server module) and wait until it listens. */
-export async function startServer(label: string, file: string, execArgv: string[] = []): Promise<ServerProcess> {
+export async function startServer(
+  label: string,
+  file: string,
+  execArgv: string[] = [],
+): Promise<ServerProcess> {
   installCleanup();
   const child = fork(file, [], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.add(child);
   child.once('exit', () => children.delete(child));
 
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`${label}: the server did not start within 15 s.`)), 15_000);
+    const timer = setTimeout(
+      () => fail(new Error(`${label}: the server did not start within 15 s.`)),
+      15_000,
+    );
     const onMessage = (message: ChildMessage) => {
       if (message.type !== 'ready') return;
       clearTimeout(timer);
@@ -128,7 +135,11 @@ export interface RoundResult {
 }
 
 /** Load one server from this process (loopback) for `durationS` seconds. */
-export async function load(server: ServerProcess, spec: RequestSpec, settings: LoadSettings): Promise<RoundResult> {
+export async function load(
+  server: ServerProcess,
+  spec: RequestSpec,
+  settings: LoadSettings,
+): Promise<RoundResult> {
   const result = await autocannon({
     url: `http://127.0.0.1:${server.port}${spec.path}`,
     method: spec.method,
@@ -253,7 +264,8 @@ function sum(values: number[]): number {
 /** A plain text table: first row is the header. */
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)));
-  const line = (row: string[]) => row.map((cell, col) => (col === 0 ? cell.padEnd(widths[col]!) : cell.padStart(widths[col]!))).join('  ');
+  const line = (row: string[]) =>
+    row.map((cell, col) => (col === 0 ? cell.padEnd(widths[col]!) : cell.padStart(widths[col]!))).join('  ');
   return [line(rows[0]!), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)].join('\n');
 }
 
@@ -268,14 +280,20 @@ export function parseFlags<T extends Record<string, number | string>>(argv: stri
     const m = /^--([\w-]+)(?:=(.*))?$/.exec(arg);
     if (!m) throw new Error(`Unexpected argument "${arg}".`);
     const name = m[1]!.replace(/-(\w)/g, (_, c: string) => c.toUpperCase());
-    if (!(name in defaults)) throw new Error(`Unknown option --${m[1]}; known: ${Object.keys(defaults).join(', ')}.`);
+    if (!Object.hasOwn(defaults, name))
+      throw new Error(`Unknown option --${m[1]}; known: ${Object.keys(defaults).map(kebab).join(', ')}.`);
     const raw = m[2] ?? argv[++i];
     if (raw === undefined) throw new Error(`--${m[1]} needs a value.`);
     if (typeof defaults[name] === 'number') {
       const n = Number(raw);
-      if (!Number.isFinite(n) || n <= 0) throw new Error(`--${m[1]} must be a positive number; got "${raw}".`);
+      if (!Number.isFinite(n) || n <= 0)
+        throw new Error(`--${m[1]} must be a positive number; got "${raw}".`);
       out[name] = n;
     } else out[name] = raw;
   }
   return out as T;
+}
+
+function kebab(name: string): string {
+  return `--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }

@@ -1,6 +1,15 @@
-import { loadavg } from 'node:os';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { alternate, type Contender, parseFlags, type RequestSpec, type ServerProcess, startServer, table } from './harness.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  alternate,
+  type Contender,
+  parseFlags,
+  type RequestSpec,
+  type ServerProcess,
+  startServer,
+  table,
+} from './harness.js';
 
 /**
  * Express 5 alone (the anchor) against the same route marked background with offload on the
@@ -9,8 +18,8 @@ import { alternate, type Contender, parseFlags, type RequestSpec, type ServerPro
  */
 export async function httpBench(argv: string[]): Promise<number> {
   const flags = parseFlags(argv, {
-    rounds: 3,
-    duration: 5,
+    rounds: 5,
+    duration: 4,
     warmup: 3,
     connections: 50,
     pipelining: 1,
@@ -25,9 +34,7 @@ export async function httpBench(argv: string[]): Promise<number> {
     pipelining: flags.pipelining,
   };
   const prof = (label: string) =>
-    flags.cpuProf === label
-      ? ['--cpu-prof', '--cpu-prof-interval=100', `--cpu-prof-dir=${join(process.cwd(), 'bench-profiles')}`]
-      : [];
+    flags.cpuProf === label ? ['--cpu-prof', `--cpu-prof-dir=${join(process.cwd(), 'bench-profiles')}`] : [];
 
   const body = JSON.stringify({ month: '2026-10' });
   const request = (expectStatus: number): RequestSpec => ({
@@ -38,11 +45,27 @@ export async function httpBench(argv: string[]): Promise<number> {
     expectStatus,
   });
 
+  const busy = await machineBusy(500);
+  if (busy > 0.2) {
+    console.log(
+      `warning: the machine was ${Math.round(busy * 100)}% busy before the run (other processes): ` +
+        'req/s will be lower and noisier; the cpu µs/req figures are less affected',
+    );
+  }
+
   const servers: ServerProcess[] = [];
   try {
-    const baseline = await startServer('express', join(__dirname, 'servers/express-bare.server.js'), prof('express'));
+    const baseline = await startServer(
+      'express',
+      join(__dirname, 'servers/express-bare.server.js'),
+      prof('express'),
+    );
     servers.push(baseline);
-    const offload = await startServer('offload', join(__dirname, 'servers/express-offload.server.js'), prof('offload'));
+    const offload = await startServer(
+      'offload',
+      join(__dirname, 'servers/express-offload.server.js'),
+      prof('offload'),
+    );
     servers.push(offload);
 
     let accepted = 0;
@@ -77,10 +100,6 @@ export async function httpBench(argv: string[]): Promise<number> {
       },
     ];
 
-    const busy = loadavg()[0]!;
-    if (busy > 0.5) {
-      console.log(`warning: load average ${busy.toFixed(2)} before the run: req/s will be low and noisy`);
-    }
     console.log(
       `bench http: POST /reports ${body}, ${plan.connections} connections, pipelining ${plan.pipelining}, ` +
         `${plan.rounds} rounds of ${plan.durationS} s per server after a ${plan.warmupS} s warm-up, node ${process.version}`,
@@ -110,7 +129,7 @@ export async function httpBench(argv: string[]): Promise<number> {
     console.log(`ratio offload/express: ${ratio}  (1.0 = offload costs nothing; the target is >= 0.9)`);
     console.log(
       `cpu ratio express/offload: ${(base.cpuUsPerReq / off.cpuUsPerReq).toFixed(3)}  (the same comparison from the ` +
-        'servers\' CPU time per request; it holds even when something else loads the machine)',
+        "servers' CPU time per request; it holds even when something else loads the machine)",
     );
     console.log(
       `offload: resultTtl ${last.resultTtlMs} ms (finished jobs purged after it); ${last.ran} jobs run for ` +
@@ -119,11 +138,13 @@ export async function httpBench(argv: string[]): Promise<number> {
 
     const problems: string[] = [];
     for (const s of [base, off]) {
-      if (s.unexpected || s.errors) problems.push(`${s.label}: ${s.unexpected} unexpected statuses, ${s.errors} errors`);
+      if (s.unexpected || s.errors)
+        problems.push(`${s.label}: ${s.unexpected} unexpected statuses, ${s.errors} errors`);
     }
     // A response autocannon dropped when a round ended still ran its job: ran >= accepted.
     if (last.ran! < accepted) problems.push(`offload: only ${last.ran} jobs run for ${accepted} accepted`);
-    if (drainFailures) problems.push(`offload: the worker did not drain its queue within 15 s (${drainFailures} times)`);
+    if (drainFailures)
+      problems.push(`offload: the worker did not drain its queue within 15 s (${drainFailures} times)`);
     if (problems.length) console.log(`THIS RUN HAD ERRORS: ${problems.join('; ')}`);
 
     console.log(
@@ -140,10 +161,29 @@ export async function httpBench(argv: string[]): Promise<number> {
         node: process.version,
         cpu_us_per_req: { baseline: Math.round(base.cpuUsPerReq), offload: Math.round(off.cpuUsPerReq) },
         errors: problems.length,
+        machine_busy_before_pct: Math.round(busy * 100),
       }),
     );
     return problems.length ? 1 : 0;
   } finally {
     await Promise.all(servers.map((s) => s.stop()));
   }
+}
+
+/** Share of all cores' time spent busy over `ms` (before any server runs: someone else's load). */
+async function machineBusy(ms: number): Promise<number> {
+  const sample = () =>
+    cpus().reduce(
+      (acc, { times }) => {
+        acc.idle += times.idle;
+        acc.total += times.user + times.nice + times.sys + times.irq + times.idle;
+        return acc;
+      },
+      { idle: 0, total: 0 },
+    );
+  const a = sample();
+  await sleep(ms);
+  const b = sample();
+  const total = b.total - a.total;
+  return total > 0 ? 1 - (b.idle - a.idle) / total : 0;
 }

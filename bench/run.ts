@@ -9,7 +9,9 @@ async function main(): Promise<number> {
   const [name, ...argv] = process.argv.slice(2);
   const bench = name !== undefined && Object.hasOwn(BENCHES, name) ? BENCHES[name] : undefined;
   if (!bench) {
-    console.error(`usage: npm run bench -- <${Object.keys(BENCHES).join('|')}> [--rounds N] [--duration S] [--warmup S]`);
+    console.error(
+      `usage: npm run bench -- <${Object.keys(BENCHES).join('|')}> [--rounds N] [--duration S] [--warmup S]`,
+    );
     console.error('       [--connections N] [--pipelining N] [--cpu-prof <server>]');
     if (name !== undefined) console.error(`Unknown benchmark "${name}".`);
     return 2;

@@ -69,7 +69,9 @@ export interface ResolvedConfig {
     graceMs: number;
     progressIntervalMs: number;
     cancelGraceMs: number;
+    /** How often a worker re-queues jobs whose lease expired (any worker's). */
     recoverMs: number;
+    /** Only these tasks; all registered ones when empty. */
     tasks: string[];
   };
   resultTtlMs: number;

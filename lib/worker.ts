@@ -12,22 +12,11 @@ import {
 import type { JobError, JobProgress, Json } from './job.js';
 import type { JobEvents } from './job-events.js';
 import type { Logger } from './logger.js';
+import type { ResolvedConfig } from './options.js';
 import { backoffDelay, type Job, type TaskDefinition, type TaskRegistry } from './task.js';
 
-export interface WorkerConfig {
-  concurrency: number;
-  leaseMs: number;
-  pollMs: number;
-  graceMs: number;
-  progressIntervalMs: number;
-  /** How long a canceled handler may take to stop before the job is marked canceled anyway. */
-  cancelGraceMs: number;
-  /** How often this worker re-queues jobs whose lease expired (any worker's). */
-  recoverMs: number;
-  /** Only these tasks; all registered ones when empty. */
-  tasks: readonly string[];
-  logger: Logger;
-}
+/** The worker's part of the resolved options (see `WorkerOptions` for what each means), plus a logger. */
+export type WorkerConfig = ResolvedConfig['worker'] & { logger: Logger };
 
 export interface StopReport {
   /** Jobs that finished during the grace period. */
@@ -39,7 +28,7 @@ export interface StopReport {
 interface Run {
   lease: Lease;
   def: TaskDefinition;
-  controller: AbortController;
+  controller: LazyAbortController;
   /** Set once the run's final broker write is decided; later outcomes are ignored. */
   closed: boolean;
   done: Promise<void>;
@@ -60,6 +49,9 @@ export class Worker {
   private started = false;
   private stopping = false;
   private wake: (() => void) | null = null;
+  /** The backstop poll timer, kept across idles (see `idle`), and the idle it may end. */
+  private pollTimer: NodeJS.Timeout | null = null;
+  private pollWake: (() => void) | null = null;
   private wakePending = false;
   private loopDone: Promise<void> = Promise.resolve();
   private offWork: Unsubscribe | null = null;
@@ -108,6 +100,8 @@ export class Worker {
     if (this.recoverTimer) clearInterval(this.recoverTimer);
     this.poke();
     await this.loopDone;
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    this.pollTimer = null;
     if (this.runs.size > 0) {
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise<void>((resolve) => {
@@ -168,7 +162,9 @@ export class Worker {
         continue;
       }
       for (const lease of leases) this.run(lease);
-      if (leases.length === 0) await this.idle(this.config.pollMs);
+      // Fewer than asked means none is due now (claim hands out up to `limit`): wait for a hint
+      // instead of a second claim that finds nothing. A hint that came during the claim is kept.
+      if (leases.length < free) await this.idle(this.config.pollMs);
     }
   }
 
@@ -179,14 +175,29 @@ export class Worker {
       return Promise.resolve();
     }
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.wake = null;
-        resolve();
+      if (ms !== this.config.pollMs) {
+        const timer = setTimeout(() => {
+          this.wake = null;
+          resolve();
+        }, ms);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        return;
+      }
+      // Under load the loop idles once per job: a poll timer made and cleared each time would cost
+      // more than a short job itself. So it outlives a wake-up and serves the next idles too; armed
+      // less than pollMs ago, it still ends this idle within pollMs, which is all a backstop needs.
+      this.wake = resolve;
+      this.pollWake = resolve;
+      this.pollTimer ??= setTimeout(() => {
+        this.pollTimer = null;
+        const wake = this.pollWake;
+        this.pollWake = null;
+        if (wake && this.wake === wake) this.wake = null;
+        wake?.();
       }, ms);
-      this.wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
     });
   }
 
@@ -200,7 +211,7 @@ export class Worker {
     const run: Run = {
       lease,
       def: def!,
-      controller: new AbortController(),
+      controller: new LazyAbortController(),
       closed: false,
       done,
       resolveDone,
@@ -267,12 +278,12 @@ export class Worker {
       run.timers.push(t);
     }
 
-    controller.signal.addEventListener('abort', () => {
-      if (!(controller.signal.reason instanceof JobCanceledError) || run.closed) return;
+    controller.onAbort = (reason) => {
+      if (!(reason instanceof JobCanceledError) || run.closed) return;
       const t = setTimeout(() => void this.settleCanceled(run, started), this.config.cancelGraceMs);
       t.unref();
       run.timers.push(t);
-    });
+    };
 
     const handle = this.createHandle(run);
     let payload: unknown = job.payload;
@@ -289,7 +300,7 @@ export class Worker {
       }
       (handle as { payload: unknown }).payload = payload;
       const result = await def.handler(payload, handle);
-      if (controller.signal.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
+      if (controller.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
       if (run.closed) return;
       await run.flushProgress();
       const json = toJsonResult(result);
@@ -300,7 +311,7 @@ export class Worker {
         started,
       });
     } catch (err) {
-      if (controller.signal.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
+      if (controller.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
       await this.settleFailure(run, err, started);
     }
   }
@@ -441,30 +452,59 @@ export class Worker {
       }
     };
 
-    return {
-      id: job.id,
-      task: job.task,
-      attempt: job.attempts,
-      maxAttempts: job.maxAttempts,
-      payload: job.payload,
-      owner: job.owner,
-      signal: run.controller.signal,
-      progress(percent: number, message?: string, data?: Json): Promise<void> {
-        if (typeof percent !== 'number' || Number.isNaN(percent)) {
-          return Promise.reject(new TypeError('job.progress(percent): percent must be a number'));
-        }
-        const value: JobProgress = { percent: Math.min(100, Math.max(0, percent)) };
-        if (message !== undefined) value.message = String(message);
-        if (data !== undefined) value.data = data;
-        pending = value;
-        schedule();
-        return Promise.resolve();
-      },
-      async log(line: string): Promise<void> {
-        if (run.closed) return;
-        await broker.log(job.id, token, String(line));
-      },
+    const progress = (percent: number, message?: string, data?: Json): Promise<void> => {
+      if (typeof percent !== 'number' || Number.isNaN(percent)) {
+        return Promise.reject(new TypeError('job.progress(percent): percent must be a number'));
+      }
+      const value: JobProgress = { percent: Math.min(100, Math.max(0, percent)) };
+      if (message !== undefined) value.message = String(message);
+      if (data !== undefined) value.data = data;
+      pending = value;
+      schedule();
+      return Promise.resolve();
     };
+    const log = async (line: string): Promise<void> => {
+      if (run.closed) return;
+      await broker.log(job.id, token, String(line));
+    };
+    return new JobHandle(job, run.controller, progress, log);
+  }
+}
+
+/**
+ * The `job` a task receives. A class, not an object literal: `signal` is a getter (the signal is
+ * made on first use), and V8 builds a literal with an accessor about 50 times slower.
+ */
+class JobHandle implements Job<unknown> {
+  readonly id: string;
+  readonly task: string;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  payload: unknown;
+  readonly owner: string | null;
+  readonly progress: Job<unknown>['progress'];
+  readonly log: Job<unknown>['log'];
+  readonly #controller: LazyAbortController;
+
+  constructor(
+    job: Lease['job'],
+    controller: LazyAbortController,
+    progress: Job<unknown>['progress'],
+    log: Job<unknown>['log'],
+  ) {
+    this.id = job.id;
+    this.task = job.task;
+    this.attempt = job.attempts;
+    this.maxAttempts = job.maxAttempts;
+    this.payload = job.payload;
+    this.owner = job.owner;
+    this.progress = progress;
+    this.log = log;
+    this.#controller = controller;
+  }
+
+  get signal(): AbortSignal {
+    return this.#controller.signal;
   }
 }
 
@@ -478,6 +518,35 @@ export function errorOf(err: unknown): JobError {
     return out;
   }
   return { message: typeof err === 'string' ? err : 'The task failed.' };
+}
+
+/**
+ * An AbortController whose signal is made on first use: Node 20 takes microseconds to build an
+ * AbortSignal, and a short task that never reads `job.signal` need not pay for one. As with
+ * AbortController, the first abort wins; a signal made after it is already aborted with that reason.
+ */
+class LazyAbortController {
+  private controller: AbortController | null = null;
+  private aborted = false;
+  reason: unknown;
+  /** Runs once, at the first abort, before the signal fires. */
+  onAbort: ((reason: unknown) => void) | null = null;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.onAbort?.(reason);
+    this.controller?.abort(reason);
+  }
 }
 
 function toJsonResult(result: unknown): Json {

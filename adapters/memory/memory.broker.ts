@@ -116,7 +116,7 @@ export class MemoryBroker implements Broker {
     const job: JobRecord = {
       id: randomUUID(),
       task: input.task,
-      payload: structuredClone(input.payload),
+      payload: cloneData(input.payload),
       status: 'queued',
       progress: null,
       result: null,
@@ -182,7 +182,7 @@ export class MemoryBroker implements Broker {
   async progress(jobId: string, token: string, progress: JobProgress): Promise<boolean> {
     const entry = this.held(jobId, token);
     if (!entry) return false;
-    entry.job.progress = structuredClone(progress);
+    entry.job.progress = cloneData(progress);
     this.emit(entry, { type: 'progress', progress: entry.job.progress });
     return true;
   }
@@ -200,7 +200,7 @@ export class MemoryBroker implements Broker {
     const entry = this.held(jobId, token);
     if (!entry) return false;
     if (entry.job.cancelRequested) this.finish(entry, 'canceled', Date.now(), {});
-    else this.finish(entry, 'succeeded', Date.now(), { result: structuredClone(result) });
+    else this.finish(entry, 'succeeded', Date.now(), { result: cloneData(result) });
     return true;
   }
 
@@ -208,7 +208,7 @@ export class MemoryBroker implements Broker {
     const entry = this.held(jobId, token);
     if (!entry) return false;
     const now = Date.now();
-    error = structuredClone(error);
+    error = cloneData(error);
     if (entry.job.cancelRequested) this.finish(entry, 'canceled', now, {});
     else if (retryAt !== undefined) this.requeue(entry, retryAt, error);
     else this.finish(entry, 'failed', now, { error });
@@ -301,7 +301,7 @@ export class MemoryBroker implements Broker {
     if (afterSeq >= entry.job.seq) return [];
     const first = events[0];
     if (!first || first.seq > afterSeq + 1) return null;
-    return structuredClone(events.filter((e) => e.seq > afterSeq));
+    return cloneData(events.filter((e) => e.seq > afterSeq));
   }
 
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
@@ -503,7 +503,57 @@ export class MemoryBroker implements Broker {
   }
 }
 
-/** A deep copy: payload, progress, result and error are objects a caller could mutate. */
+/** A deep copy: payload, progress, result, error and logs are objects a caller could mutate. */
 function copy(job: JobRecord): JobRecord {
-  return structuredClone(job);
+  return {
+    ...job,
+    payload: cloneData(job.payload),
+    progress: cloneData(job.progress),
+    result: cloneData(job.result),
+    error: cloneData(job.error),
+    logs: job.logs.slice(),
+  };
+}
+
+const NOT_PLAIN = Symbol('not plain data');
+
+/**
+ * `structuredClone(value)`, with a fast path for plain JSON-shaped data (what jobs hold):
+ * structuredClone costs microseconds even for `{ month: '2026-10' }`, and every enqueue and
+ * claim copies. Anything else (a Date, a sparse array, a `__proto__` key, a function, nesting
+ * deeper than 64, so any cycle) goes to structuredClone itself. The one difference: an object
+ * reached twice is copied twice, where structuredClone would share it (JSON cannot express that).
+ */
+function cloneData<T>(value: T): T {
+  try {
+    return clonePlain(value, 0);
+  } catch (err) {
+    if (err === NOT_PLAIN) return structuredClone(value);
+    throw err;
+  }
+}
+
+function clonePlain<T>(value: T, depth: number): T {
+  if (typeof value !== 'object' || value === null) {
+    if (typeof value === 'function' || typeof value === 'symbol') throw NOT_PLAIN;
+    return value;
+  }
+  if (depth > 64) throw NOT_PLAIN;
+  const proto = Object.getPrototypeOf(value);
+  if (proto === Array.prototype) {
+    const array = value as unknown[];
+    const out = new Array(array.length);
+    for (let i = 0; i < array.length; i++) {
+      if (!(i in array)) throw NOT_PLAIN;
+      out[i] = clonePlain(array[i], depth + 1);
+    }
+    return out as T;
+  }
+  if (proto !== Object.prototype && proto !== null) throw NOT_PLAIN;
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(value)) {
+    if (key === '__proto__') throw NOT_PLAIN;
+    out[key] = clonePlain((value as Record<string, unknown>)[key], depth + 1);
+  }
+  return out as T;
 }

@@ -22,6 +22,10 @@ app.post(
 );
 
 serve(createServer(app), {
-  stats: async () => ({ ran, resultTtlMs: jobs.core.config.resultTtlMs, ...(await jobs.core.broker.counts()) }),
+  stats: async () => ({
+    ran,
+    resultTtlMs: jobs.core.config.resultTtlMs,
+    ...(await jobs.core.broker.counts()),
+  }),
   close: () => jobs.close(),
 });

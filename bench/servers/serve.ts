@@ -58,5 +58,9 @@ export function serve(server: Server, options: ServeOptions = {}): void {
 function usage(): Record<string, number> {
   const { rss, heapUsed } = process.memoryUsage();
   const { user, system } = process.cpuUsage();
-  return { rssMb: Math.round(rss / 1048576), heapUsedMb: Math.round(heapUsed / 1048576), cpuUs: user + system };
+  return {
+    rssMb: Math.round(rss / 1048576),
+    heapUsedMb: Math.round(heapUsed / 1048576),
+    cpuUs: user + system,
+  };
 }
