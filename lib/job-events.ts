@@ -11,6 +11,7 @@ type Listener = (event: JobEvent) => void;
  */
 export class JobEvents {
   private readonly byJob = new Map<string, Set<Listener>>();
+  private readonly all = new Set<Listener>();
   private subscription: Promise<Unsubscribe> | null = null;
   private size = 0;
 
@@ -43,6 +44,28 @@ export class JobEvents {
     return unsubscribe;
   }
 
+  /**
+   * Listen to the events of every job: one listener where per-job listeners would churn
+   * (the worker watching all its runs for a cancel).
+   */
+  async listenAll(listener: Listener): Promise<Unsubscribe> {
+    this.all.add(listener);
+    this.size++;
+    let active = true;
+    const unsubscribe = () => {
+      if (!active || !this.all.delete(listener)) return;
+      active = false;
+      this.size--;
+    };
+    try {
+      await this.ensureSubscribed();
+    } catch (err) {
+      unsubscribe();
+      throw err;
+    }
+    return unsubscribe;
+  }
+
   /** Number of local listeners (for tests and health). */
   get listenerCount(): number {
     return this.size;
@@ -50,6 +73,7 @@ export class JobEvents {
 
   async close(): Promise<void> {
     this.byJob.clear();
+    this.all.clear();
     this.size = 0;
     await this.dropSubscription();
   }
@@ -66,6 +90,13 @@ export class JobEvents {
   }
 
   private dispatch(event: JobEvent): void {
+    for (const listener of this.all) {
+      try {
+        listener(event);
+      } catch {
+        // As below: one broken listener must not starve the others.
+      }
+    }
     const set = this.byJob.get(event.jobId);
     if (!set) return;
     for (const listener of set) {

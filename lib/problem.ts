@@ -75,9 +75,11 @@ export function sendJson(
   headers?: Record<string, string>,
 ): void {
   const text = JSON.stringify(body);
-  res.statusCode = status;
-  if (headers) for (const name in headers) res.setHeader(name, headers[name]!);
-  res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Content-Length', Buffer.byteLength(text));
+  const all: Record<string, string | number> = headers ? { ...headers } : {};
+  all['Content-Type'] = 'application/json; charset=utf-8';
+  all['Content-Length'] = Buffer.byteLength(text);
+  // One writeHead instead of a setHeader per header: on the submit hot path it is measurably
+  // cheaper, and headers the app set earlier are kept (writeHead merges them).
+  res.writeHead(status, all);
   res.end(text);
 }

@@ -34,7 +34,6 @@ interface Run {
   done: Promise<void>;
   resolveDone: () => void;
   timers: NodeJS.Timeout[];
-  unlisten: Unsubscribe | null;
   flushProgress: () => Promise<void>;
 }
 
@@ -56,6 +55,9 @@ export class Worker {
   private loopDone: Promise<void> = Promise.resolve();
   private offWork: Unsubscribe | null = null;
   private recoverTimer: NodeJS.Timeout | null = null;
+  /** One timer renews every lease this worker holds, and one listener watches them for cancels. */
+  private renewTimer: NodeJS.Timeout | null = null;
+  private offCancel: Unsubscribe | null = null;
   private finishedDuringStop = 0;
 
   constructor(
@@ -83,6 +85,24 @@ export class Worker {
         .catch((err) => this.config.logger.warn({ err }, 'offload: lease recovery failed'));
     }, this.config.recoverMs);
     this.recoverTimer.unref();
+    this.renewTimer = setInterval(() => this.renewAll(), Math.max(50, Math.floor(this.config.leaseMs / 3)));
+    this.renewTimer.unref();
+    this.events
+      .listenAll((event) => {
+        if (event.type !== 'cancel') return;
+        for (const run of this.runs.values()) {
+          if (run.lease.job.id === event.jobId) run.controller.abort(new JobCanceledError());
+        }
+      })
+      .then(
+        (off) => {
+          if (this.stopping) off();
+          else this.offCancel = off;
+        },
+        // Renewal reports a requested cancel too, within a third of the lease.
+        (err) =>
+          this.config.logger.warn({ err }, 'offload: cannot watch for cancels; relying on lease renewal'),
+      );
     this.loopDone = this.loop();
   }
 
@@ -126,7 +146,34 @@ export class Worker {
         this.endRun(run, false);
       }),
     );
+    // Only now: runs finishing within the grace period still renewed their leases and heard cancels.
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = null;
+    this.offCancel?.();
+    this.offCancel = null;
     return { finished: this.finishedDuringStop, handedBack };
+  }
+
+  private renewAll(): void {
+    for (const run of this.runs.values()) {
+      if (run.closed) continue;
+      const { job, token } = run.lease;
+      this.broker.renew(job.id, token, this.config.leaseMs).then(
+        (state) => {
+          if (state === null) {
+            if (run.closed) return;
+            this.closeRun(run);
+            run.controller.abort(new LeaseLostError());
+            this.config.logger.warn(
+              { jobId: job.id, task: job.task },
+              'offload: lease lost; the run is abandoned',
+            );
+            this.endRun(run);
+          } else if (state.cancelRequested) run.controller.abort(new JobCanceledError());
+        },
+        (err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: lease renewal failed'),
+      );
+    }
   }
 
   private poke(): void {
@@ -216,7 +263,6 @@ export class Worker {
       done,
       resolveDone,
       timers: [],
-      unlisten: null,
       flushProgress: async () => {},
     };
     this.runs.set(lease.token, run);
@@ -232,38 +278,6 @@ export class Worker {
     const { lease, def, controller } = run;
     const job = lease.job;
     const started = Date.now();
-
-    this.events
-      .listen(job.id, (event) => {
-        if (event.type === 'cancel') controller.abort(new JobCanceledError());
-      })
-      .then((off) => {
-        if (this.runs.get(lease.token) === run) run.unlisten = off;
-        else off();
-      })
-      .catch((err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: cannot watch for cancel'));
-
-    const renewEvery = Math.max(50, Math.floor(this.config.leaseMs / 3));
-    const renew = setInterval(() => {
-      this.broker.renew(job.id, lease.token, this.config.leaseMs).then(
-        (state) => {
-          if (state === null) {
-            if (!run.closed) {
-              this.closeRun(run);
-              controller.abort(new LeaseLostError());
-              this.config.logger.warn(
-                { jobId: job.id, task: job.task },
-                'offload: lease lost; the run is abandoned',
-              );
-              this.endRun(run);
-            }
-          } else if (state.cancelRequested) controller.abort(new JobCanceledError());
-        },
-        (err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: lease renewal failed'),
-      );
-    }, renewEvery);
-    renew.unref();
-    run.timers.push(renew);
 
     const timeoutMs = job.timeoutMs ?? def.timeoutMs;
     if (timeoutMs) {
@@ -381,8 +395,6 @@ export class Worker {
     const token = run.lease.token;
     if (this.runs.get(token) !== run) return;
     this.runs.delete(token);
-    run.unlisten?.();
-    run.unlisten = null;
     if (this.stopping && finished) this.finishedDuringStop++;
     run.resolveDone();
     this.poke();

@@ -91,6 +91,8 @@ export class MemoryBroker implements Broker {
   private wakeTimer: NodeJS.Timeout | null = null;
   private wakeAt = Number.POSITIVE_INFINITY;
   private readyCounter = 0;
+  private readonly tokenPrefix = `${randomUUID().slice(0, 8)}:`;
+  private tokenCounter = 0;
   private readonly historyLimit: number;
   private readonly logLimit: number;
   private closed = false;
@@ -163,7 +165,8 @@ export class MemoryBroker implements Broker {
       this.setStatus(entry, 'running');
       job.attempts++;
       job.startedAt = now;
-      entry.token = randomUUID();
+      // Unique within this broker is all a lease token needs here; a counter costs no entropy.
+      entry.token = `${this.tokenPrefix}${++this.tokenCounter}`;
       entry.leaseUntil = now + request.leaseMs;
       this.running.add(entry);
       this.emit(entry, { type: 'status', status: 'running', attempts: job.attempts });
