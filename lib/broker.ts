@@ -32,7 +32,8 @@ export interface Broker {
    * `attempts` grows by one, `startedAt` is set, and its lease lasts `leaseMs`.
    *
    * A queued job whose `expireAt` has passed is failed (code `ERR_OFFLOAD_EXPIRED`) instead.
-   * Two concurrent callers never receive the same job.
+   * Two concurrent callers never receive the same job. Fewer than `limit` means no more are
+   * due now: the worker then waits for `onWork` or its poll instead of claiming again.
    */
   claim(request: ClaimRequest): Promise<Lease[]>;
 

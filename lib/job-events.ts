@@ -21,41 +21,35 @@ export class JobEvents {
    * Listen to one job's events. Resolves once the broker subscription is live, so a caller
    * that reads the job *after* this resolves cannot miss an event that follows its read.
    */
-  async listen(jobId: string, listener: Listener): Promise<Unsubscribe> {
+  listen(jobId: string, listener: Listener): Promise<Unsubscribe> {
     let set = this.byJob.get(jobId);
     if (!set) {
       set = new Set();
       this.byJob.set(jobId, set);
     }
     set.add(listener);
-    this.size++;
-    let active = true;
-    const unsubscribe = () => {
-      if (!active) return;
-      active = false;
-      this.remove(jobId, listener);
-    };
-    try {
-      await this.ensureSubscribed();
-    } catch (err) {
-      unsubscribe();
-      throw err;
-    }
-    return unsubscribe;
+    return this.attached(() => this.remove(jobId, listener));
   }
 
   /**
    * Listen to the events of every job: one listener where per-job listeners would churn
    * (the worker watching all its runs for a cancel).
    */
-  async listenAll(listener: Listener): Promise<Unsubscribe> {
+  listenAll(listener: Listener): Promise<Unsubscribe> {
     this.all.add(listener);
+    return this.attached(() => {
+      if (this.all.delete(listener)) this.size--;
+    });
+  }
+
+  /** Count a listener just added, make sure the subscription is live, and hand back its undo (once). */
+  private async attached(detach: () => void): Promise<Unsubscribe> {
     this.size++;
     let active = true;
     const unsubscribe = () => {
-      if (!active || !this.all.delete(listener)) return;
+      if (!active) return;
       active = false;
-      this.size--;
+      detach();
     };
     try {
       await this.ensureSubscribed();
