@@ -59,6 +59,8 @@ export class Worker {
   private renewTimer: NodeJS.Timeout | null = null;
   private offCancel: Unsubscribe | null = null;
   private finishedDuringStop = 0;
+  /** Set when stop() gave up waiting for a claim: whatever it hands out later is released at once. */
+  private loopAbandoned = false;
 
   constructor(
     private readonly broker: Broker,
@@ -119,7 +121,17 @@ export class Worker {
     this.offWork?.();
     if (this.recoverTimer) clearInterval(this.recoverTimer);
     this.poke();
-    await this.loopDone;
+    // A claim the broker never answers must not hold stop() (nor keep the running jobs from their
+    // signal): it gets the grace period, and leases it hands out later go straight back (`loop`).
+    let loopTimer: NodeJS.Timeout | undefined;
+    const loopEnded = await Promise.race([
+      this.loopDone.then(() => true),
+      new Promise<false>((resolve) => {
+        loopTimer = setTimeout(() => resolve(false), graceMs);
+      }),
+    ]);
+    clearTimeout(loopTimer);
+    if (!loopEnded) this.loopAbandoned = true;
     if (this.pollTimer) clearTimeout(this.pollTimer);
     this.pollTimer = null;
     if (this.runs.size > 0) {
@@ -138,7 +150,9 @@ export class Worker {
         this.closeRun(run);
         run.controller.abort(new WorkerStoppingError());
         try {
-          if (await this.broker.release(run.lease.job.id, run.lease.token)) handedBack++;
+          // Bounded like the final writes above: unanswered, the lease expires and recovery re-queues.
+          const release = this.broker.release(run.lease.job.id, run.lease.token);
+          if (await Promise.race([release, delay(graceMs).then(() => false)])) handedBack++;
         } catch (err) {
           // The lease will expire and recovery re-queues the job: slower, but nothing is lost.
           this.config.logger.warn({ err, jobId: run.lease.job.id }, 'offload: could not hand a job back');
@@ -207,6 +221,16 @@ export class Worker {
         this.config.logger.warn({ err }, 'offload: claim failed; retrying');
         await this.idle(Math.min(this.config.pollMs * 2 ** failures, 30_000));
         continue;
+      }
+      if (this.loopAbandoned) {
+        for (const { job, token } of leases) {
+          this.broker
+            .release(job.id, token)
+            .catch((err) =>
+              this.config.logger.warn({ err, jobId: job.id }, 'offload: could not hand a job back'),
+            );
+        }
+        return;
       }
       for (const lease of leases) this.run(lease);
       // Fewer than asked means none is due now (claim hands out up to `limit`): wait for a hint
@@ -460,7 +484,11 @@ export class Worker {
       if (pending) {
         const value = pending;
         pending = null;
-        await broker.progress(job.id, token, value);
+        // As in `writePending`: a failed progress write is logged, never the run's outcome
+        // (it would fail a finished run and store the driver's message as the job's error).
+        await broker
+          .progress(job.id, token, value)
+          .catch((err) => logger.warn({ err, jobId: job.id }, 'offload: progress write failed'));
       }
     };
 

@@ -51,9 +51,21 @@ export async function streamJobEvents(
   const writeUnnumbered = (event: string, data: unknown) => {
     if (!ended) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
   };
-  const sendTerminal = async (seq: number) => {
+  const sendTerminal = async (event: JobEvent) => {
     const latest = await core.get(job.id).catch(() => null);
-    write(latest?.status ?? 'failed', seq, latest ? toStatusDocument(latest, exposeStack) : { id: job.id });
+    // Without a fresh read (broker hiccup, purged), the event itself says how the job ended.
+    const finished =
+      latest && isTerminal(latest.status)
+        ? latest
+        : {
+            ...job,
+            status: event.status!,
+            attempts: event.attempts ?? job.attempts,
+            result: event.result ?? null,
+            error: event.error ?? null,
+            finishedAt: event.at,
+          };
+    write(finished.status, event.seq, toStatusDocument(finished, exposeStack));
     end();
   };
   const deliver = (event: JobEvent) => {
@@ -62,7 +74,7 @@ export async function streamJobEvents(
       write('progress', event.seq, event.progress);
     } else if (event.status && isTerminal(event.status)) {
       lastSent = event.seq;
-      void sendTerminal(event.seq);
+      void sendTerminal(event);
     } else {
       write('status', event.seq, { id: job.id, status: event.status, attempts: event.attempts });
     }

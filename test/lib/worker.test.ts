@@ -418,6 +418,35 @@ describe('Worker', () => {
       assert.deepEqual(done.progress, { percent: 100, message: 'finished' });
     });
 
+    it('a failed progress write does not turn a finished run into a failure or leak the driver error', async () => {
+      const inner = new MemoryBroker();
+      let progressCalls = 0;
+      const broker = wrap(inner, {
+        progress: async () => {
+          progressCalls++;
+          throw new Error('connect ECONNREFUSED 10.0.0.7:6379');
+        },
+      });
+      // A long interval: the second report is still pending when the handler returns, so only
+      // the final flush writes it.
+      const app = create({ progressInterval: 10_000 }, broker);
+      app.task(
+        'report',
+        async (_payload, job) => {
+          await job.progress(10, 'started');
+          await job.progress(100, 'finished');
+          return 'ok';
+        },
+        { attempts: 1 },
+      );
+      const { job } = await app.enqueue('report', {});
+      const done = await settled(app, job.id);
+      assert.equal(progressCalls, 2, 'the first report and the final flush were both tried');
+      assert.equal(done.status, 'succeeded');
+      assert.equal(done.result, 'ok');
+      assert.equal(done.error, null);
+    });
+
     it('stores job.log lines in order', async () => {
       const app = create();
       app.task('chronicle', async (_payload, job) => {
@@ -486,6 +515,47 @@ describe('Worker', () => {
   });
 
   describe('graceful stop', () => {
+    it('ends within a bounded time when the broker stops answering, and still signals its runs', async () => {
+      const inner = new MemoryBroker();
+      let hang = false;
+      const never = new Promise<never>(() => {});
+      const late = gate();
+      const broker = wrap(inner, {
+        claim: (request) => (hang ? late.promise.then(() => inner.claim(request)) : inner.claim(request)),
+        release: (...args) => (hang ? never : inner.release(...args)),
+      });
+      // Not in `apps`: if close() hangs, afterEach must not hang with it.
+      const app = new Offload({ broker, worker: { ...FAST, gracePeriod: 100 }, logger: silentLogger });
+      let reason: unknown;
+      app.task('hold', async (_payload, job) => {
+        reason = await aborted(job.signal);
+        throw reason;
+      });
+      await app.enqueue('hold', {});
+      await eventually(async () => (await inner.counts()).running === 1, 'the job to run');
+      hang = true;
+      // A second job wakes the idle worker into a claim that never answers.
+      const second = await inner.enqueue({ task: 'hold', payload: {}, owner: null, maxAttempts: 1 });
+      await sleep(20);
+      const started = Date.now();
+      const outcome = await Promise.race([app.close().then(() => 'closed'), sleep(2000).then(() => 'hung')]);
+      assert.equal(outcome, 'closed', 'close() returned');
+      assert.ok(Date.now() - started < 1000, `closed in ${Date.now() - started} ms`);
+      assert.ok(reason instanceof WorkerStoppingError, 'the running handler was told to stop');
+      // The claim answers at last, after stop() gave up on it: its lease goes straight back.
+      hang = false;
+      late.open();
+      // Its events: queued (1), running (2), queued again (3) when handed back.
+      await eventually(
+        async () => (await inner.get(second.job.id))?.seq === 3,
+        'the late claim and its hand-back',
+      );
+      const handedBack = await inner.get(second.job.id);
+      assert.equal(handedBack?.status, 'queued');
+      assert.equal(handedBack?.attempts, 0);
+      await inner.close();
+    });
+
     it('lets jobs finish within the grace period and hands the rest back', async () => {
       const broker = new MemoryBroker();
       const first = create({ gracePeriod: 200 }, broker);

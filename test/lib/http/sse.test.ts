@@ -473,3 +473,55 @@ describe('GET /jobs/:id/events with events arriving while the stream sets up', (
     );
   });
 });
+
+/** A MemoryBroker whose reads fail while `failGet` is set: a broker hiccup at the worst moment. */
+class FlakyReadBroker extends MemoryBroker {
+  failGet = false;
+
+  override async get(jobId: string): ReturnType<MemoryBroker['get']> {
+    if (this.failGet) throw new Error('read ETIMEDOUT');
+    return super.get(jobId);
+  }
+}
+
+describe('GET /jobs/:id/events when the broker cannot read the finished job', () => {
+  let server: TestServer;
+  const steps = new Steps();
+  const broker = new FlakyReadBroker();
+
+  before(async () => {
+    server = await createServer({ broker, worker: { progressInterval: 0 } }, (app, jobs) => {
+      app.post(
+        '/steps',
+        jobs.background('steps', async (_p, job) => {
+          await steps.next(job.signal);
+          return { steps: 1 };
+        }),
+      );
+    });
+  });
+
+  after(async () => {
+    broker.failGet = false;
+    await server.close();
+    await broker.close();
+  });
+
+  it('still names the outcome the event carried, never a made-up failure', async () => {
+    const { id } = await (await postJson(`${server.baseUrl}/steps`, {}, { user: 'alice' })).json();
+    await eventually(() => steps.waiting === 1, 'the job to run');
+    const s = await openSse(`${server.baseUrl}/jobs/${id}/events`, as('alice'));
+    await s.until((x) => x.events.length >= 1, 'the snapshot');
+    broker.failGet = true;
+    steps.release();
+    await s.untilEnded();
+    broker.failGet = false;
+    const last = s.events.at(-1)!;
+    assert.equal(last.event, 'succeeded');
+    const doc = JSON.parse(last.data);
+    assert.equal(doc.id, id);
+    assert.equal(doc.status, 'succeeded');
+    assert.deepEqual(doc.result, { steps: 1 });
+    assert.equal((await server.jobs.core.broker.get(id))?.status, 'succeeded');
+  });
+});
