@@ -31,7 +31,8 @@ export interface Broker {
    * first, each as a lease to this caller alone. Each claimed job becomes `running`, its
    * `attempts` grows by one, `startedAt` is set, and its lease lasts `leaseMs`.
    *
-   * A queued job whose `expireAt` has passed is failed (code `ERR_OFFLOAD_EXPIRED`) instead.
+   * A queued job that never started and whose `expireAt` has passed is failed (code
+   * `ERR_OFFLOAD_EXPIRED`) instead; a job that already ran once is not expired by it.
    * Two concurrent callers never receive the same job. Fewer than `limit` means no more are
    * due now: the worker then waits for `onWork` or its poll instead of claiming again.
    */

@@ -27,6 +27,8 @@ export class Offload {
   readonly events: JobEvents;
   readonly worker: Worker | null;
   private purgeTimer: NodeJS.Timeout | null = null;
+  /** Enders of the open SSE streams: `close()` ends them, or `server.close()` would wait on their clients. */
+  readonly streams = new Set<() => void>();
   private closing: Promise<StopReport> | null = null;
   /** Only a broker this instance built from a URL is closed with it; a passed-in one belongs to the app. */
   private readonly ownsBroker: boolean;
@@ -188,6 +190,7 @@ export class Offload {
     if (!this.closing) {
       this.closing = (async () => {
         if (this.purgeTimer) clearInterval(this.purgeTimer);
+        for (const end of [...this.streams]) end();
         const report = (await this.worker?.stop()) ?? { finished: 0, handedBack: 0 };
         await this.events.close();
         if (this.ownsBroker) await this.broker.close();

@@ -135,9 +135,10 @@ export function parseOptions(options: OffloadOptions = {}): ResolvedConfig {
   checkKeys(w, WORKER_KEYS, 'worker');
 
   const basePath = options.basePath ?? '/jobs';
-  if (!/^\/[\w\-./~]*[^/]$/.test(basePath) && basePath !== '/') {
+  // Not '/': the job routes would then answer every path and hide the app's own routes.
+  if (!/^\/[\w\-./~]*[^/]$/.test(basePath)) {
     throw new ConfigError(
-      `basePath must start with "/" and not end with "/"; got ${JSON.stringify(basePath)}.`,
+      `basePath must start with "/", not end with "/", and not be "/" alone; got ${JSON.stringify(basePath)}.`,
     );
   }
   if (options.owner !== undefined && typeof options.owner !== 'function') {
@@ -158,7 +159,7 @@ export function parseOptions(options: OffloadOptions = {}): ResolvedConfig {
 
   return {
     broker,
-    basePath: basePath === '/' ? '' : basePath,
+    basePath,
     owner: options.owner ?? null,
     worker: {
       concurrency: intInRange(w.concurrency ?? 4, 'worker.concurrency', 0, 10_000),

@@ -505,7 +505,10 @@ export class Worker {
     };
     const log = async (line: string): Promise<void> => {
       if (run.closed) return;
-      await broker.log(job.id, token, String(line));
+      // Like progress: a broker hiccup while logging must not fail the task with a driver error.
+      await broker.log(job.id, token, String(line)).catch((err) => {
+        this.config.logger.warn({ err, jobId: job.id }, 'offload: log write failed');
+      });
     };
     return new JobHandle(job, run.controller, progress, log);
   }

@@ -156,7 +156,8 @@ export class MemoryBroker implements Broker {
       const entry = this.takeOldestReady(request.tasks, now);
       if (!entry) break;
       const job = entry.job;
-      if (job.expireAt !== null && job.expireAt <= now) {
+      // The age limit is about starting: a job that already ran (now waiting for a retry) keeps going.
+      if (job.expireAt !== null && job.expireAt <= now && job.startedAt === null) {
         this.finish(entry, 'failed', now, {
           error: { message: 'The job was not started before its age limit.', code: 'ERR_OFFLOAD_EXPIRED' },
         });

@@ -40,6 +40,7 @@ export async function streamJobEvents(
     if (ended) return;
     ended = true;
     clearInterval(heartbeat);
+    core.streams.delete(end);
     off?.();
     res.end();
   };
@@ -92,6 +93,7 @@ export async function streamJobEvents(
   heartbeat.unref();
   let off: (() => void) | null = null;
   res.on('close', end);
+  core.streams.add(end);
 
   try {
     off = await core.listen(job.id, (event) => {

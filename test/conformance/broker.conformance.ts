@@ -378,6 +378,16 @@ export function brokerConformance(
         assert.equal(counts.queued, 0);
       });
 
+      it('does not expire a job that already started once (a retry past the age limit runs)', async () => {
+        const job = await add({ expireAt: Date.now() + 150 });
+        const first = await claimOne();
+        assert.ok(await broker.fail(job.id, first.token, { message: 'try again' }, Date.now()));
+        await sleep(200);
+        const retry = await claimOne();
+        assert.equal(retry.job.id, job.id);
+        assert.equal(retry.job.attempts, 2);
+      });
+
       it('fails a job past its age limit instead of handing it out', async () => {
         const events = await record();
         const stale = await add({ expireAt: Date.now() + 50 });

@@ -36,6 +36,7 @@ describe('parseOptions', () => {
     assert.throws(() => parseOptions({ maxQueued: 0 }), ConfigError);
     assert.throws(() => parseOptions({ basePath: 'jobs' }), /basePath/);
     assert.throws(() => parseOptions({ basePath: '/jobs/' }), /basePath/);
+    assert.throws(() => parseOptions({ basePath: '/' }), /not be "\/" alone/);
     assert.throws(() => parseOptions({ owner: 'x' as never }), /owner must be a function/);
     assert.throws(() => parseOptions({ worker: { leaseTime: 10 } }), /leaseTime/);
     assert.throws(() => parseOptions({ resultTtl: '3 weeks' }), /resultTtl/);

@@ -447,6 +447,27 @@ describe('Worker', () => {
       assert.equal(done.error, null);
     });
 
+    it('a failed log write does not fail the task with the driver error', async () => {
+      const broker = wrap(new MemoryBroker(), {
+        log: async () => {
+          throw new Error('connect ECONNREFUSED 10.0.0.7:6379');
+        },
+      });
+      const app = create({}, broker);
+      app.task(
+        'chatty',
+        async (_payload, job) => {
+          await job.log('one line');
+          return 'ok';
+        },
+        { attempts: 1 },
+      );
+      const { job } = await app.enqueue('chatty', {});
+      const done = await settled(app, job.id);
+      assert.equal(done.status, 'succeeded');
+      assert.equal(done.result, 'ok');
+    });
+
     it('stores job.log lines in order', async () => {
       const app = create();
       app.task('chronicle', async (_payload, job) => {

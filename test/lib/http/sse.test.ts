@@ -525,3 +525,26 @@ describe('GET /jobs/:id/events when the broker cannot read the finished job', ()
     assert.equal((await server.jobs.core.broker.get(id))?.status, 'succeeded');
   });
 });
+
+describe('GET /jobs/:id/events when the app shuts down', () => {
+  it('jobs.close() ends open streams, so the server can close', async () => {
+    const server = await createServer({ worker: false }, (app, jobs) => {
+      app.post(
+        '/idle',
+        jobs.background('idle', async () => null),
+      );
+    });
+    try {
+      const id = (await (await postJson(`${server.baseUrl}/idle`, {}, { user: 'alice' })).json())
+        .id as string;
+      const stream = await openSse(`${server.baseUrl}/jobs/${id}/events`, as('alice'));
+      await stream.until((s) => s.events.length >= 1, 'the snapshot');
+      assert.equal(server.jobs.core.streams.size, 1);
+      await server.jobs.close();
+      await stream.untilEnded();
+      assert.equal(server.jobs.core.streams.size, 0);
+    } finally {
+      await server.close();
+    }
+  });
+});
