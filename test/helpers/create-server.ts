@@ -7,6 +7,7 @@ import { type OffloadMiddleware, offload } from '../../lib/express.js';
 import { silentLogger } from '../../lib/logger.js';
 import type { OffloadOptions, OffloadRequest } from '../../lib/options.js';
 import type { Problem } from '../../lib/problem.js';
+import type { TaskHandler } from '../../lib/task.js';
 
 export interface TestServer {
   /** `http://127.0.0.1:<port>`, no trailing slash. */
@@ -340,4 +341,28 @@ export function sleepUnlessAborted(ms: number, signal: AbortSignal): Promise<voi
     }, ms);
     signal.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** One `Steps` gate per job id, made on first use: each job of a shared task waits on its own. */
+export function stepsById(): (jobId: string) => Steps {
+  const gates = new Map<string, Steps>();
+  return (jobId) => {
+    let gate = gates.get(jobId);
+    if (!gate) {
+      gate = new Steps();
+      gates.set(jobId, gate);
+    }
+    return gate;
+  };
+}
+
+/** The `steps` task the SSE tests follow: `n` gated steps, progress after each, `{ steps: n }`. */
+export function stepsTask(gate: (jobId: string) => Steps): TaskHandler<{ n: number }> {
+  return async ({ n }, job) => {
+    for (let i = 1; i <= n; i++) {
+      await gate(job.id).next(job.signal);
+      await job.progress(Math.round((i * 100) / n), `step ${i}`);
+    }
+    return { steps: n };
+  };
 }

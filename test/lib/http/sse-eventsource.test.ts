@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { EventSource, type FetchLike } from 'eventsource';
-import { createServer, postJson, Steps, type TestServer } from '../../helpers/create-server.js';
+import {
+  createServer,
+  postJson,
+  stepsById,
+  stepsTask,
+  type TestServer,
+} from '../../helpers/create-server.js';
 import { eventually } from '../../helpers/eventually.js';
 
 const EVENT_TYPES = ['snapshot', 'progress', 'status', 'succeeded', 'failed', 'canceled'];
@@ -64,30 +70,13 @@ function assertWholeStory(received: Received[]): void {
 
 describe('an EventSource client following a job', () => {
   let server: TestServer;
-  const steps = new Map<string, Steps>();
-  const stepsFor = (id: string) => {
-    let s = steps.get(id);
-    if (!s) {
-      s = new Steps();
-      steps.set(id, s);
-    }
-    return s;
-  };
+  const stepsFor = stepsById();
   const sources: EventSource[] = [];
 
   before(async () => {
     // A short `retry:` so the client reconnects within the test's patience.
     server = await createServer({ sseRetry: 50, worker: { progressInterval: 0 } }, (app, jobs) => {
-      app.post(
-        '/steps',
-        jobs.background('steps', async ({ n }: { n: number }, job) => {
-          for (let i = 1; i <= n; i++) {
-            await stepsFor(job.id).next(job.signal);
-            await job.progress(Math.round((i * 100) / n), `step ${i}`);
-          }
-          return { steps: n };
-        }),
-      );
+      app.post('/steps', jobs.background('steps', stepsTask(stepsFor)));
     });
   });
 

@@ -11,6 +11,8 @@ import {
   rawRequest,
   type SseStream,
   Steps,
+  stepsById,
+  stepsTask,
   type TestServer,
 } from '../../helpers/create-server.js';
 import { eventually, sleep } from '../../helpers/eventually.js';
@@ -40,30 +42,13 @@ function assertConsecutive(values: number[]): void {
 
 describe('GET /jobs/:id/events', () => {
   let server: TestServer;
-  const steps = new Map<string, Steps>();
-  const stepsFor = (id: string) => {
-    let s = steps.get(id);
-    if (!s) {
-      s = new Steps();
-      steps.set(id, s);
-    }
-    return s;
-  };
+  const stepsFor = stepsById();
 
   before(async () => {
     server = await createServer(
       { heartbeat: HEARTBEAT_MS, sseRetry: RETRY_MS, worker: { progressInterval: 0, cancelGrace: 1000 } },
       (app, jobs) => {
-        app.post(
-          '/steps',
-          jobs.background('steps', async ({ n }: { n: number }, job) => {
-            for (let i = 1; i <= n; i++) {
-              await stepsFor(job.id).next(job.signal);
-              await job.progress(Math.round((i * 100) / n), `step ${i}`);
-            }
-            return { steps: n };
-          }),
-        );
+        app.post('/steps', jobs.background('steps', stepsTask(stepsFor)));
         app.post(
           '/fail',
           jobs.background('fail', { attempts: 1 }, async (_p, job) => {
@@ -326,13 +311,10 @@ describe('GET /jobs/:id/events when the broker history no longer reaches back', 
     server = await createServer({ broker, worker: { progressInterval: 0 } }, (app, jobs) => {
       app.post(
         '/steps',
-        jobs.background('steps', async ({ n }: { n: number }, job) => {
-          for (let i = 1; i <= n; i++) {
-            await steps.next(job.signal);
-            await job.progress(Math.round((i * 100) / n), `step ${i}`);
-          }
-          return { steps: n };
-        }),
+        jobs.background(
+          'steps',
+          stepsTask(() => steps),
+        ),
       );
     });
   });
@@ -396,13 +378,10 @@ describe('GET /jobs/:id/events with events arriving while the stream sets up', (
     server = await createServer({ broker, worker: { progressInterval: 0 } }, (app, jobs) => {
       app.post(
         '/steps',
-        jobs.background('steps', async ({ n }: { n: number }, job) => {
-          for (let i = 1; i <= n; i++) {
-            await steps.next(job.signal);
-            await job.progress(Math.round((i * 100) / n), `step ${i}`);
-          }
-          return { steps: n };
-        }),
+        jobs.background(
+          'steps',
+          stepsTask(() => steps),
+        ),
       );
     });
   });
