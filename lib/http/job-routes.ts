@@ -111,9 +111,14 @@ export function createJobRoutes(core: Offload) {
   return function offloadJobRoutes(req: OffloadRequest, res: ServerResponse, next: Next): void {
     // originalUrl: the configured basePath is absolute, wherever the middleware is mounted.
     const url = req.originalUrl ?? req.url ?? '/';
+    // Every request of the app passes here: leave the others with one string test.
+    if (!url.startsWith(base)) {
+      next();
+      return;
+    }
     const q = url.indexOf('?');
     const path = url.slice(base.length, q === -1 ? undefined : q);
-    if (!url.startsWith(base) || (path !== '' && path[0] !== '/')) {
+    if (path !== '' && path[0] !== '/') {
       next();
       return;
     }
