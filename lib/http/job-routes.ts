@@ -22,62 +22,73 @@ export async function ownerOf(core: Offload, req: OffloadRequest): Promise<strin
   return owner === null || owner === undefined ? null : String(owner);
 }
 
-/**
- * The status, events, cancel and list routes under `basePath`, as one Node-style handler.
- * Requests outside `basePath` go to `next()` untouched; everything under it is answered here.
- */
-export function createJobRoutes(core: Offload) {
-  const base = core.config.basePath;
+/** The job routes one at a time, for a router that has matched the path already (Nest). */
+export interface JobRouteHandlers {
+  /** `GET <base>?status=&task=&limit=&cursor=`; `query` is the raw query string. */
+  list(req: OffloadRequest, res: ServerResponse, query: string): void;
+  /** `GET <base>/:id` (and HEAD). */
+  status(req: OffloadRequest, res: ServerResponse, id: string): void;
+  /** `GET <base>/:id/events` (and HEAD). */
+  events(req: OffloadRequest, res: ServerResponse, id: string): void;
+  /** `DELETE <base>/:id`. */
+  cancel(req: OffloadRequest, res: ServerResponse, id: string): void;
+  /** 405 with `Allow`. */
+  methodNotAllowed(res: ServerResponse, allow: string): void;
+  /** 404 problem for a path under the base that names no route. */
+  notFound(res: ServerResponse): void;
+}
+
+/** Each handler answers by itself, errors included (problem+json); none of them throws. */
+export function createJobRouteHandlers(core: Offload): JobRouteHandlers {
   const retryAfter = String(core.config.retryAfter);
+  const { logger } = core.config;
 
-  async function handle(
-    req: OffloadRequest,
-    res: ServerResponse,
-    path: string,
-    query: string,
-  ): Promise<void> {
-    const method = req.method === 'HEAD' ? 'GET' : req.method;
-    if (path === '' || path === '/') {
-      if (method !== 'GET') throw new MethodNotAllowedError('GET');
-      return list(req, res, query);
-    }
-    const parts = path.split('/');
-    // parts[0] is '' (path starts with '/'); then id, then optionally 'events'.
-    const id = parts[1]!;
-    if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) throw new JobNotFoundError();
-    if (parts.length === 3) {
-      if (method !== 'GET') throw new MethodNotAllowedError('GET');
-    } else if (method !== 'GET' && method !== 'DELETE') {
-      throw new MethodNotAllowedError('GET, DELETE');
-    }
+  function fail(res: ServerResponse, err: unknown): void {
+    const headers: Record<string, string> = {};
+    if (err instanceof MethodNotAllowedError) headers.Allow = err.allow;
+    sendProblem(res, toProblem(err, logger), headers);
+  }
+  const guard =
+    <A extends unknown[]>(fn: (req: OffloadRequest, res: ServerResponse, ...args: A) => Promise<void>) =>
+    (req: OffloadRequest, res: ServerResponse, ...args: A): void => {
+      fn(req, res, ...args).catch((err) => fail(res, err));
+    };
+
+  async function readable(req: OffloadRequest, id: string) {
     if (!isJobId(id)) throw new JobNotFoundError();
-    const owner = await ownerOf(core, req);
-
-    if (method === 'DELETE') {
-      const { outcome, job } = await core.cancel(id, owner);
-      if (outcome === 'not-found' || !job) throw new JobNotFoundError();
-      if (outcome === 'finished') throw new JobFinishedError(job.status);
-      const doc = toStatusDocument(job, core.config.exposeStack);
-      if (outcome === 'canceled') return sendJson(res, 200, doc);
-      return sendJson(res, 202, { ...doc, cancelRequested: true }, { 'Retry-After': retryAfter });
-    }
-
-    const job = await core.get(id, owner);
+    const job = await core.get(id, await ownerOf(core, req));
     if (!job) throw new JobNotFoundError();
-    if (parts.length === 3) {
-      if (req.method === 'HEAD') {
-        res.writeHead(200, {
-          'Content-Type': 'text/event-stream; charset=utf-8',
-          'Cache-Control': 'no-cache, no-transform',
-        });
-        res.end();
-        return;
-      }
-      return streamJobEvents(core, req, res, job);
-    }
+    return job;
+  }
+
+  async function status(req: OffloadRequest, res: ServerResponse, id: string): Promise<void> {
+    const job = await readable(req, id);
     const headers: Record<string, string> = { 'Cache-Control': 'no-store' };
     if (!isTerminal(job.status)) headers['Retry-After'] = retryAfter;
     sendJson(res, 200, toStatusDocument(job, core.config.exposeStack), headers);
+  }
+
+  async function events(req: OffloadRequest, res: ServerResponse, id: string): Promise<void> {
+    const job = await readable(req, id);
+    if (req.method === 'HEAD') {
+      res.writeHead(200, {
+        'Content-Type': 'text/event-stream; charset=utf-8',
+        'Cache-Control': 'no-cache, no-transform',
+      });
+      res.end();
+      return;
+    }
+    return streamJobEvents(core, req, res, job);
+  }
+
+  async function cancel(req: OffloadRequest, res: ServerResponse, id: string): Promise<void> {
+    if (!isJobId(id)) throw new JobNotFoundError();
+    const { outcome, job } = await core.cancel(id, await ownerOf(core, req));
+    if (outcome === 'not-found' || !job) throw new JobNotFoundError();
+    if (outcome === 'finished') throw new JobFinishedError(job.status);
+    const doc = toStatusDocument(job, core.config.exposeStack);
+    if (outcome === 'canceled') return sendJson(res, 200, doc);
+    sendJson(res, 202, { ...doc, cancelRequested: true }, { 'Retry-After': retryAfter });
   }
 
   async function list(req: OffloadRequest, res: ServerResponse, query: string): Promise<void> {
@@ -108,6 +119,43 @@ export function createJobRoutes(core: Offload) {
     );
   }
 
+  return {
+    list: guard(list),
+    status: guard(status),
+    events: guard(events),
+    cancel: guard(cancel),
+    methodNotAllowed: (res, allow) => fail(res, new MethodNotAllowedError(allow)),
+    notFound: (res) => fail(res, new JobNotFoundError()),
+  };
+}
+
+/**
+ * The status, events, cancel and list routes under `basePath`, as one Node-style handler.
+ * Requests outside `basePath` go to `next()` untouched; everything under it is answered here.
+ */
+export function createJobRoutes(core: Offload) {
+  const base = core.config.basePath;
+  const routes = createJobRouteHandlers(core);
+
+  function dispatch(req: OffloadRequest, res: ServerResponse, path: string, query: string): void {
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    if (path === '' || path === '/') {
+      if (method !== 'GET') return routes.methodNotAllowed(res, 'GET');
+      return routes.list(req, res, query);
+    }
+    const parts = path.split('/');
+    // parts[0] is '' (path starts with '/'); then id, then optionally 'events'.
+    const id = parts[1]!;
+    if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) return routes.notFound(res);
+    if (parts.length === 3) {
+      if (method !== 'GET') return routes.methodNotAllowed(res, 'GET');
+      return routes.events(req, res, id);
+    }
+    if (method === 'GET') return routes.status(req, res, id);
+    if (method === 'DELETE') return routes.cancel(req, res, id);
+    routes.methodNotAllowed(res, 'GET, DELETE');
+  }
+
   return function offloadJobRoutes(req: OffloadRequest, res: ServerResponse, next: Next): void {
     // originalUrl: the configured basePath is absolute, wherever the middleware is mounted.
     const url = req.originalUrl ?? req.url ?? '/';
@@ -122,10 +170,6 @@ export function createJobRoutes(core: Offload) {
       next();
       return;
     }
-    handle(req, res, path, q === -1 ? '' : url.slice(q + 1)).catch((err) => {
-      const headers: Record<string, string> = {};
-      if (err instanceof MethodNotAllowedError) headers.Allow = err.allow;
-      sendProblem(res, toProblem(err, core.config.logger), headers);
-    });
+    dispatch(req, res, path, q === -1 ? '' : url.slice(q + 1));
   };
 }

@@ -14,7 +14,7 @@ import type { TaskDefinition } from '../task.js';
 import { assertNoPoisonKeys, bodyAlreadyRead, readJsonBody } from './body.js';
 import type { Next } from './job-routes.js';
 import { ownerOf } from './job-routes.js';
-import { parsePrefer } from './prefer.js';
+import { type Preferences, parsePrefer } from './prefer.js';
 
 /** Builds the payload from the request; the default is the JSON body. Never put the request itself in it. */
 export type PayloadExtractor<P = Json, Req = OffloadRequest> = (req: Req) => P | Promise<P>;
@@ -37,80 +37,58 @@ class JobFailedProblem extends OffloadError {
   }
 }
 
+/** What the client asked of a submit through headers. */
+export interface SubmitPreferences {
+  prefer: Preferences;
+  idempotencyKey: string | null;
+}
+
+/** `Prefer` and `Idempotency-Key`, checked before anything else is read. */
+export function readSubmitPreferences(req: OffloadRequest): SubmitPreferences {
+  const prefer = parsePrefer(req.headers.prefer);
+  const idemHeader = req.headers['idempotency-key'];
+  const idempotencyKey = typeof idemHeader === 'string' ? idemHeader.trim() : null;
+  if (idempotencyKey !== null && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
+    throw new BadRequestError(
+      'Idempotency-Key must be 1-255 visible ASCII characters.',
+      'ERR_OFFLOAD_BAD_IDEMPOTENCY_KEY',
+    );
+  }
+  return { prefer, idempotencyKey };
+}
+
 /**
- * The handler of a route marked background: read and check the payload, persist the job, and
- * answer 202 (or 200 when `Prefer: wait` sees it finish). Nothing is persisted unless every
- * check passed.
+ * Validate the payload with the task's validator and bound its size. Returns what is persisted:
+ * what a DTO kept (unknown properties stripped), as JSON. `sized` says the size is known to fit.
  */
-export function createSubmitHandler(
-  core: Offload,
+export async function checkPayload(
   def: TaskDefinition,
-  extract: PayloadExtractor<unknown, any> | null,
-) {
-  const { basePath, maxPayloadBytes, maxWaitMs, exposeStack, logger } = core.config;
+  payload: Json,
+  sized: boolean,
+  maxPayloadBytes: number,
+): Promise<Json> {
+  if (def.validator) {
+    const { errors, value } = await def.validator.check(payload);
+    if (errors) throw new ValidationError(errors);
+    if (value !== payload) payload = toJson(value);
+  }
+  if (!sized && Buffer.byteLength(JSON.stringify(payload)) > maxPayloadBytes) {
+    throw new PayloadTooLargeError(maxPayloadBytes);
+  }
+  return payload;
+}
+
+/**
+ * The second half of every submit, shared by Express and Nest: persist a checked payload and
+ * answer 202, or 200 (or the failure as a problem) when `Prefer: wait` sees the job finish.
+ * `linkBase` is where the job routes are as the client sees them.
+ */
+export function createJobAcceptor(core: Offload, def: TaskDefinition, linkBase: string) {
+  const { maxWaitMs, exposeStack, logger } = core.config;
   const retryAfter = String(core.config.retryAfter);
 
-  async function submit(req: OffloadRequest, res: ServerResponse): Promise<void> {
-    const prefer = parsePrefer(req.headers.prefer);
-    const idemHeader = req.headers['idempotency-key'];
-    const idempotencyKey = typeof idemHeader === 'string' ? idemHeader.trim() : null;
-    if (idempotencyKey !== null && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
-      throw new BadRequestError(
-        'Idempotency-Key must be 1-255 visible ASCII characters.',
-        'ERR_OFFLOAD_BAD_IDEMPOTENCY_KEY',
-      );
-    }
-
-    // `sized` is true once the payload is known to fit: a body we read ourselves was bounded.
-    let sized = false;
-    if (bodyAlreadyRead(req)) {
-      if (req.body !== undefined) assertNoPoisonKeys(req.body);
-    } else {
-      req.body = await readJsonBody(req, maxPayloadBytes);
-      sized = true;
-    }
-    let payload: Json;
-    if (extract) {
-      payload = toJson(await extract(req));
-      sized = false;
-    } else {
-      if (req.body === undefined)
-        throw new BadRequestError('The payload is empty.', 'ERR_OFFLOAD_EMPTY_PAYLOAD');
-      payload = req.body as Json;
-    }
-    if (def.validator) {
-      const { errors, value } = await def.validator.check(payload);
-      if (errors) throw new ValidationError(errors);
-      // A DTO strips unknown properties: persist what it kept, not what was sent.
-      if (value !== payload) payload = toJson(value);
-    }
-    if (!sized && Buffer.byteLength(JSON.stringify(payload)) > maxPayloadBytes) {
-      throw new PayloadTooLargeError(maxPayloadBytes);
-    }
-
-    const owner = await ownerOf(core, req);
-    const payloadHash = idempotencyKey ? hashPayload(payload) : null;
-    const { job, created } = await core.submit(def, payload, { owner, idempotencyKey, payloadHash });
-    if (!created && job.payloadHash !== payloadHash) throw new IdempotencyConflictError();
-
-    if (prefer.wait !== null) {
-      const ms = Math.min(prefer.wait * 1000, maxWaitMs);
-      // The job is already persisted: a broker failing during the wait means "not finished in
-      // time" (202), never a 503 that would make the client submit it again.
-      const finished =
-        ms > 0
-          ? await core.waitFor(job.id, ms).catch((err) => {
-              logger.warn({ err, jobId: job.id }, 'offload: Prefer: wait gave up on the broker');
-              return null;
-            })
-          : null;
-      if (finished) return sendFinished(res, finished, Math.round(ms / 1000));
-    }
-    sendAccepted(res, job, created, prefer.respondAsync);
-  }
-
   function urls(id: string) {
-    const statusUrl = `${basePath}/${id}`;
+    const statusUrl = `${linkBase}/${id}`;
     return { statusUrl, eventsUrl: `${statusUrl}/events` };
   }
 
@@ -141,17 +119,86 @@ export function createSubmitHandler(
     sendProblem(res, problem, headers);
   }
 
-  return function offloadSubmit(req: OffloadRequest, res: ServerResponse, _next?: Next): void {
-    submit(req, res).catch((err) => {
+  return {
+    async accept(
+      req: OffloadRequest,
+      res: ServerResponse,
+      payload: Json,
+      { prefer, idempotencyKey }: SubmitPreferences,
+    ): Promise<void> {
+      const owner = await ownerOf(core, req);
+      const payloadHash = idempotencyKey ? hashPayload(payload) : null;
+      const { job, created } = await core.submit(def, payload, { owner, idempotencyKey, payloadHash });
+      if (!created && job.payloadHash !== payloadHash) throw new IdempotencyConflictError();
+
+      if (prefer.wait !== null) {
+        const ms = Math.min(prefer.wait * 1000, maxWaitMs);
+        // The job is already persisted: a broker failing during the wait means "not finished in
+        // time" (202), never a 503 that would make the client submit it again.
+        const finished =
+          ms > 0
+            ? await core.waitFor(job.id, ms).catch((err) => {
+                logger.warn({ err, jobId: job.id }, 'offload: Prefer: wait gave up on the broker');
+                return null;
+              })
+            : null;
+        if (finished) return sendFinished(res, finished, Math.round(ms / 1000));
+      }
+      sendAccepted(res, job, created, prefer.respondAsync);
+    },
+
+    /** A submit that failed before it was answered, as problem+json. */
+    fail(res: ServerResponse, err: unknown): void {
       const headers: Record<string, string> = { Vary: 'Prefer' };
       if (err instanceof PayloadTooLargeError) headers.Connection = 'close';
       sendProblem(res, toProblem(err, logger), headers);
-    });
+    },
+  };
+}
+
+/**
+ * The handler of a route marked background: read and check the payload, persist the job, and
+ * answer 202 (or 200 when `Prefer: wait` sees it finish). Nothing is persisted unless every
+ * check passed.
+ */
+export function createSubmitHandler(
+  core: Offload,
+  def: TaskDefinition,
+  extract: PayloadExtractor<unknown, any> | null,
+) {
+  const { maxPayloadBytes } = core.config;
+  const acceptor = createJobAcceptor(core, def, core.config.basePath);
+
+  async function submit(req: OffloadRequest, res: ServerResponse): Promise<void> {
+    const preferences = readSubmitPreferences(req);
+    // `sized` is true once the payload is known to fit: a body we read ourselves was bounded.
+    let sized = false;
+    if (bodyAlreadyRead(req)) {
+      if (req.body !== undefined) assertNoPoisonKeys(req.body);
+    } else {
+      req.body = await readJsonBody(req, maxPayloadBytes);
+      sized = true;
+    }
+    let payload: Json;
+    if (extract) {
+      payload = toJson(await extract(req));
+      sized = false;
+    } else {
+      if (req.body === undefined)
+        throw new BadRequestError('The payload is empty.', 'ERR_OFFLOAD_EMPTY_PAYLOAD');
+      payload = req.body as Json;
+    }
+    payload = await checkPayload(def, payload, sized, maxPayloadBytes);
+    await acceptor.accept(req, res, payload, preferences);
+  }
+
+  return function offloadSubmit(req: OffloadRequest, res: ServerResponse, _next?: Next): void {
+    submit(req, res).catch((err) => acceptor.fail(res, err));
   };
 }
 
 /** The payload as JSON data (a copy), or a 400 when it cannot be serialised. */
-function toJson(value: unknown): Json {
+export function toJson(value: unknown): Json {
   let text: string | undefined;
   try {
     text = JSON.stringify(value);
