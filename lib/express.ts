@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
-import { BadRequestError, OffloadError, PayloadTooLargeError } from './errors.js';
+import { PayloadTooLargeError } from './errors.js';
+import { fromBodyParserError } from './http/body.js';
 import { createJobRoutes, type Next } from './http/job-routes.js';
 import { createSubmitHandler, type PayloadExtractor } from './http/submit.js';
 import { Offload } from './offload.js';
@@ -70,16 +71,12 @@ export function offload(options: OffloadOptions = {}): OffloadMiddleware {
 
   middleware.errorHandler = () =>
     function offloadErrorHandler(err: unknown, _req: OffloadRequest, res: ServerResponse, next: Next): void {
-      const e = err as { type?: string; status?: number; message?: string; limit?: number };
-      let mapped: OffloadError | null = null;
-      if (err instanceof OffloadError) mapped = err;
-      else if (e?.type === 'entity.too.large')
-        mapped = new PayloadTooLargeError(e.limit ?? core.config.maxPayloadBytes);
-      else if (e?.type === 'entity.parse.failed') {
-        mapped = new BadRequestError('The request body is not valid JSON.', 'ERR_OFFLOAD_BAD_JSON');
-      }
-      if (mapped) sendProblem(res, toProblem(mapped, core.config.logger));
-      else next(err);
+      const mapped = fromBodyParserError(err, core.config.maxPayloadBytes);
+      if (mapped) {
+        const headers: Record<string, string> =
+          mapped instanceof PayloadTooLargeError ? { Connection: 'close' } : {};
+        sendProblem(res, toProblem(mapped, core.config.logger), headers);
+      } else next(err);
     };
 
   middleware.close = () => core.close();

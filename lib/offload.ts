@@ -33,8 +33,13 @@ export class Offload {
   /** Only a broker this instance built from a URL is closed with it; a passed-in one belongs to the app. */
   private readonly ownsBroker: boolean;
 
-  constructor(options: OffloadOptions = {}) {
+  /** Whether `task()` starts the worker; the Nest module holds it until the app is ready. */
+  private readonly autoStart: boolean;
+
+  /** @param internal.autoStart `false` leaves the worker stopped until `start()`. */
+  constructor(options: OffloadOptions = {}, internal: { autoStart?: boolean } = {}) {
     this.config = parseOptions(options);
+    this.autoStart = internal.autoStart !== false;
     this.broker = resolveBroker(this.config.broker);
     this.ownsBroker = typeof this.config.broker === 'string';
     this.events = new JobEvents(this.broker);
@@ -57,9 +62,19 @@ export class Offload {
     options: TaskOptions = {},
   ): TaskDefinition {
     const def = defineTask(name, handler as TaskHandler, options);
-    this.registry.add(def);
-    if (!this.closing) this.worker?.start();
+    this.addTask(def);
     return def;
+  }
+
+  /** @internal Register a task defined elsewhere (the Nest explorer builds its own validator). */
+  addTask(def: TaskDefinition): void {
+    this.registry.add(def);
+    if (this.autoStart) this.start();
+  }
+
+  /** Start the in-process worker (if any). Idempotent; a closed instance stays stopped. */
+  start(): void {
+    if (!this.closing && this.registry.names().length > 0) this.worker?.start();
   }
 
   /**

@@ -45,25 +45,47 @@ function loadPeer<T>(pkg: string): T {
 }
 
 /** A class has a prototype with methods or decorators; an arrow or plain function validator does not. */
-function isClass(fn: Function): fn is new (...args: any[]) => object {
+export function isClass(fn: Function): fn is new (...args: any[]) => object {
   return /^class[\s{]/.test(Function.prototype.toString.call(fn));
 }
 
+export interface ClassCheckOptions {
+  /**
+   * Convert JSON values to the declared property types (`design:type`), as a `ValidationPipe`
+   * with `enableImplicitConversion` does: a `Date` property stored as an ISO string comes back
+   * a `Date`.
+   */
+  implicitConversion?: boolean;
+  /** A class without any class-validator decorator is only rebuilt, not validated or stripped. */
+  rebuildUndecorated?: boolean;
+}
+
+/**
+ * Rebuild a JSON object into `dto` (class-transformer) and validate it (class-validator, unknown
+ * properties stripped). Field errors, or `null`; `value` is the instance.
+ */
+export function compileClassCheck(
+  dto: new (...args: any[]) => object,
+  options: ClassCheckOptions = {},
+): CompiledValidator['check'] {
+  const { transformer, validator } = loadClassModules();
+  const transform = options.implicitConversion ? { enableImplicitConversion: true } : undefined;
+  const undecorated =
+    options.rebuildUndecorated &&
+    validator.getMetadataStorage().getTargetValidationMetadatas(dto, '', true, false).length === 0;
+  return async (payload) => {
+    if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
+      return { errors: [{ field: '', messages: ['the payload must be a JSON object'] }], value: payload };
+    }
+    const instance = transformer.plainToInstance(dto, payload, transform);
+    if (undecorated) return { errors: null, value: instance };
+    const found = await validator.validate(instance, { whitelist: true, forbidUnknownValues: true });
+    return { errors: found.length ? flatten(found) : null, value: instance };
+  };
+}
+
 export function compileValidator(validate: PayloadValidator): CompiledValidator {
-  if (isClass(validate)) {
-    const { transformer, validator } = loadClassModules();
-    const dto = validate;
-    return {
-      async check(payload) {
-        if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
-          return { errors: [{ field: '', messages: ['the payload must be a JSON object'] }], value: payload };
-        }
-        const instance = transformer.plainToInstance(dto, payload);
-        const found = await validator.validate(instance, { whitelist: true, forbidUnknownValues: true });
-        return { errors: found.length ? flatten(found) : null, value: instance };
-      },
-    };
-  }
+  if (isClass(validate)) return { check: compileClassCheck(validate) };
   const fn = validate as (
     payload: Json,
   ) => FieldError[] | undefined | null | Promise<FieldError[] | undefined | null>;

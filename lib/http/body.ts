@@ -120,3 +120,24 @@ export function assertNoPoisonKeys(value: unknown): void {
     }
   }
 }
+
+/**
+ * A body parser's error (Express's `express.json()`, Nest's built-in one) as offload's own, or
+ * `null` when it is not one: parse and size failures, and the other client errors such parsers
+ * raise (unsupported encoding or charset, aborted request).
+ */
+export function fromBodyParserError(err: unknown, limit: number): OffloadError | null {
+  if (err instanceof OffloadError) return err;
+  const e = err as { type?: unknown; status?: unknown; expose?: unknown; message?: unknown; limit?: unknown };
+  if (typeof e?.type !== 'string') return null;
+  if (e.type === 'entity.too.large')
+    return new PayloadTooLargeError(typeof e.limit === 'number' ? e.limit : limit);
+  if (e.type === 'entity.parse.failed') {
+    return new BadRequestError('The request body is not valid JSON.', 'ERR_OFFLOAD_BAD_JSON');
+  }
+  if (e.expose === true && typeof e.status === 'number' && e.status >= 400 && e.status < 500) {
+    const code = `ERR_OFFLOAD_${e.type.replace(/\W+/g, '_').toUpperCase()}`;
+    return new OffloadError(String(e.message), code, e.status);
+  }
+  return null;
+}

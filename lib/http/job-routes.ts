@@ -140,20 +140,20 @@ export function createJobRoutes(core: Offload) {
   function dispatch(req: OffloadRequest, res: ServerResponse, path: string, query: string): void {
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     if (path === '' || path === '/') {
-      if (method !== 'GET') return routes.methodNotAllowed(res, 'GET');
-      return routes.list(req, res, query);
+      if (method === 'GET') routes.list(req, res, query);
+      else routes.methodNotAllowed(res, 'GET');
+      return;
     }
     const parts = path.split('/');
     // parts[0] is '' (path starts with '/'); then id, then optionally 'events'.
     const id = parts[1]!;
-    if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) return routes.notFound(res);
-    if (parts.length === 3) {
-      if (method !== 'GET') return routes.methodNotAllowed(res, 'GET');
-      return routes.events(req, res, id);
-    }
-    if (method === 'GET') return routes.status(req, res, id);
-    if (method === 'DELETE') return routes.cancel(req, res, id);
-    routes.methodNotAllowed(res, 'GET, DELETE');
+    if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) routes.notFound(res);
+    else if (parts.length === 3) {
+      if (method === 'GET') routes.events(req, res, id);
+      else routes.methodNotAllowed(res, 'GET');
+    } else if (method === 'GET') routes.status(req, res, id);
+    else if (method === 'DELETE') routes.cancel(req, res, id);
+    else routes.methodNotAllowed(res, 'GET, DELETE');
   }
 
   return function offloadJobRoutes(req: OffloadRequest, res: ServerResponse, next: Next): void {

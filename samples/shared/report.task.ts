@@ -18,7 +18,7 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** The demo task: `steps` steps of `stepMs` each, progress after every step, stops when canceled. */
-export async function buildReport({ steps, stepMs }: ReportRequest, job: Job<ReportRequest>) {
+export async function buildReport({ steps, stepMs }: ReportRequest, job: Job<unknown>) {
   for (let step = 1; step <= steps; step++) {
     await pause(stepMs, job.signal);
     await job.progress((step / steps) * 100, `step ${step} of ${steps}`);

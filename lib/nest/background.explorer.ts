@@ -1,0 +1,260 @@
+import { ServerResponse } from 'node:http';
+import {
+  Inject,
+  Injectable,
+  type OnApplicationBootstrap,
+  type OnModuleDestroy,
+  type OnModuleInit,
+  RequestMethod,
+  Res,
+} from '@nestjs/common';
+import { EXCEPTION_FILTERS_METADATA, METHOD_METADATA, PATH_METADATA } from '@nestjs/common/constants';
+import type {
+  DiscoveryService,
+  HttpAdapterHost,
+  MetadataScanner,
+  ModuleRef,
+  ModulesContainer,
+} from '@nestjs/core';
+import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
+import type { BackgroundMethodOptions } from '../../decorators/background.decorator.js';
+import { ConfigError } from '../errors.js';
+import { fromBodyParserError } from '../http/body.js';
+import { checkPayload, createJobAcceptor, readSubmitPreferences, toJson } from '../http/submit.js';
+import { consoleLogger, type Logger } from '../logger.js';
+import { Offload } from '../offload.js';
+import type { OffloadRequest } from '../options.js';
+import { defineTask, type TaskDefinition } from '../task.js';
+import { BackgroundMethod } from './background-method.js';
+import { BACKGROUND_METADATA } from './nest.constants.js';
+import { OffloadProblemFilter } from './problem.filter.js';
+
+const ORIGINAL = Symbol('offload.original');
+
+/** What an app bound to a route of one controller instance: how it submits. */
+type Submit = (args: unknown[], res: ServerResponse) => Promise<void>;
+
+/**
+ * Per controller instance (each app has its own), its background routes. The route wrapper is
+ * shared by every app in the process (it sits on the prototype); `this` tells which app's it is.
+ */
+const routesOf = new WeakMap<object, Map<string, Submit>>();
+
+/** The undecorated method behind an installed route wrapper. */
+function originalOf(fn: unknown): Function | undefined {
+  if (typeof fn !== 'function') return undefined;
+  return (fn as { [ORIGINAL]?: Function })[ORIGINAL] ?? fn;
+}
+
+/** The task name of a `@Background()` method: `OffloadService.enqueue(Class, 'method', args)`. */
+export function backgroundTaskName(target: Function, methodName: string): string {
+  const options: BackgroundMethodOptions | undefined = Reflect.getMetadata(
+    BACKGROUND_METADATA,
+    originalOf(target.prototype?.[methodName]) ?? {},
+  );
+  if (!options) throw new ConfigError(`${target.name}.${methodName} is not a @Background() method.`);
+  return options.name ?? `${target.name}.${methodName}`;
+}
+
+/** The logger of the app that bound routes last: only for what the shared route filter logs. */
+let lastLogger: () => Logger = () => consoleLogger;
+
+/**
+ * Make a `@Background()` route submit instead of running. Nest reads a route's handler off the
+ * prototype when it registers routes, before any `onModuleInit`, so this runs at construction.
+ * The wrapper takes an extra `@Res()` argument (Nest then leaves the response to it) and hands
+ * its other arguments, after guards and pipes, to the app's submit. Called any other way (a unit
+ * test calling the method), it runs the method as written.
+ */
+function installRoute(method: BackgroundMethod, original: Function): void {
+  const proto = method.target.prototype;
+  const { methodName } = method;
+  const current = Object.getOwnPropertyDescriptor(proto, methodName)?.value;
+  if (current && (current as { [ORIGINAL]?: Function })[ORIGINAL]) return;
+
+  const resIndex = method.arity;
+  const label = method.label;
+  const wrapper = function (this: object, ...args: unknown[]) {
+    const res = args[resIndex];
+    if (!(res instanceof ServerResponse)) return original.apply(this, args);
+    const submit = routesOf.get(this)?.get(methodName);
+    if (!submit)
+      throw new ConfigError(`${label} is a @Background() route, but OffloadModule is not in this app.`);
+    return submit(args, res);
+  };
+  for (const key of Reflect.getOwnMetadataKeys(original)) {
+    Reflect.defineMetadata(key, Reflect.getOwnMetadata(key, original), wrapper);
+  }
+  const filters = Reflect.getOwnMetadata(EXCEPTION_FILTERS_METADATA, original) ?? [];
+  Reflect.defineMetadata(
+    EXCEPTION_FILTERS_METADATA,
+    [...filters, new OffloadProblemFilter(method, () => lastLogger())],
+    wrapper,
+  );
+  Object.defineProperty(wrapper, ORIGINAL, { value: original });
+  Object.defineProperty(wrapper, 'name', { value: methodName });
+  Res()(proto, methodName, resIndex);
+  Object.defineProperty(proto, methodName, { value: wrapper, writable: true, configurable: true });
+}
+
+interface Found {
+  method: BackgroundMethod;
+  host: InstanceWrapper;
+  original: Function;
+  def: TaskDefinition;
+}
+
+/**
+ * Finds `@Background()` methods on controllers and providers, registers each as a task whose
+ * handler calls the method on the DI instance, and turns the routes among them into submits.
+ * Starts the worker once the app is up; stops it first when the app closes.
+ */
+@Injectable()
+export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap, OnModuleDestroy {
+  private readonly found: Found[] = [];
+
+  constructor(
+    discovery: DiscoveryService,
+    scanner: MetadataScanner,
+    modules: ModulesContainer,
+    private readonly moduleRef: ModuleRef,
+    private readonly adapterHost: HttpAdapterHost,
+    @Inject(Offload) private readonly core: Offload,
+  ) {
+    // Hooks run by module distance: below every module, OffloadModule starts its worker after
+    // the app's providers are ready and stops it before any of them is torn down, so a running
+    // job never finds its database connection closed under it.
+    for (const module of modules.values()) {
+      if (module.providers.has(BackgroundExplorer)) module.distance = -1;
+    }
+    const warn = (message: string) => core.config.logger.warn({}, message);
+    const hosts = [...discovery.getControllers(), ...discovery.getProviders()];
+    for (const host of hosts) {
+      const metatype = host.metatype;
+      // Factory and value providers have no class to read metadata from.
+      if (!metatype || host.inject || typeof metatype !== 'function' || !metatype.prototype) continue;
+      const proto = metatype.prototype;
+      for (const methodName of scanner.getAllMethodNames(proto)) {
+        const original = originalOf(proto[methodName]);
+        const options: BackgroundMethodOptions | undefined =
+          original && Reflect.getMetadata(BACKGROUND_METADATA, original);
+        if (!original || !options) continue;
+        const method = new BackgroundMethod(metatype, methodName, original, options, warn);
+        const def = defineTask(
+          method.taskName,
+          (values: unknown[], job) => original.apply(host.instance, method.argsFor(values, job)),
+          method.taskOptions,
+        );
+        def.validator = method.validator;
+        core.addTask(def);
+        if (method.isRoute) installRoute(method, original);
+        this.found.push({ method, host, original, def });
+      }
+    }
+  }
+
+  onModuleInit(): void {
+    const adapter = this.adapterHost.httpAdapter;
+    if (adapter && adapter.getType() !== 'express') {
+      throw new ConfigError(
+        `offload/nest runs on Nest's Express platform only; this app uses "${adapter.getType()}". ` +
+          'Fastify is not supported yet.',
+      );
+    }
+    const { config } = this.core;
+    lastLogger = () => config.logger;
+    const prefix = globalPrefixOf(this.moduleRef);
+    const linkBase = `${prefix}${config.basePath}`;
+    for (const { method, host, def } of this.found) {
+      if (!host.isDependencyTreeStatic()) {
+        throw new ConfigError(
+          `${method.label}: @Background() needs a singleton ${method.target.name}; it is request-scoped ` +
+            '(itself or through a dependency), and a worker has no request to build it for.',
+        );
+      }
+      if (!method.isRoute) continue;
+      const acceptor = createJobAcceptor(this.core, def, linkBase);
+      if (adapter)
+        catchBodyErrors(adapter.getInstance(), method, prefix, (err, res) => acceptor.fail(res, err));
+      const submit: Submit = async (args, res) => {
+        const req = (res as ServerResponse & { req: OffloadRequest }).req;
+        try {
+          const preferences = readSubmitPreferences(req);
+          const payload = await checkPayload(
+            def,
+            toJson(method.payloadOf(args)),
+            false,
+            config.maxPayloadBytes,
+          );
+          await acceptor.accept(req, res, payload, preferences);
+        } catch (err) {
+          acceptor.fail(res, err);
+        }
+      };
+      const instance = host.instance as object;
+      const routes = routesOf.get(instance) ?? new Map<string, Submit>();
+      routesOf.set(instance, routes);
+      routes.set(method.methodName, submit);
+    }
+  }
+
+  onApplicationBootstrap(): void {
+    this.core.start();
+  }
+
+  async onModuleDestroy(): Promise<void> {
+    await this.core.close();
+  }
+}
+
+/**
+ * Nest parses bodies before routing, so a malformed or oversized body on a background route
+ * never reaches the route or its filters: Nest's global handler answers it, not in
+ * problem+json. An Express error handler on the route's own path and method (added after Nest's
+ * routes, before its global handler) answers those as the protocol says. Paths come from the
+ * controller and method metadata and the global prefix; a path Express cannot take is skipped.
+ */
+function catchBodyErrors(
+  app: { use(path: string, handler: Function): void },
+  method: BackgroundMethod,
+  prefix: string,
+  fail: (err: unknown, res: ServerResponse) => void,
+): void {
+  const original = originalOf(method.target.prototype[method.methodName])!;
+  const verb = RequestMethod[Reflect.getMetadata(METHOD_METADATA, original)] ?? 'ALL';
+  const list = (value: unknown) => (Array.isArray(value) ? value : [value ?? '/']).map(String);
+  // Mounted with use(), as Express routes never see an error raised before them; use() matches
+  // a prefix, so the rest of the URL must be empty for the route itself.
+  const handler = (err: unknown, req: OffloadRequest, res: ServerResponse, next: (err?: unknown) => void) => {
+    const rest = (req.url ?? '').split('?')[0];
+    const mapped =
+      (verb === 'ALL' || req.method === verb) && (rest === '/' || rest === '')
+        ? fromBodyParserError(err, Number.POSITIVE_INFINITY)
+        : null;
+    if (mapped) fail(mapped, res);
+    else next(err);
+  };
+  for (const base of list(Reflect.getMetadata(PATH_METADATA, method.target))) {
+    for (const sub of list(Reflect.getMetadata(PATH_METADATA, original))) {
+      const path = `/${[prefix, base, sub].join('/')}`.replace(/\/{2,}/g, '/').replace(/(.)\/$/, '$1');
+      try {
+        app.use(path, handler);
+      } catch {
+        // A path syntax Express rejects (Nest converts some on its own): left to Nest's handler.
+      }
+    }
+  }
+}
+
+/**
+ * `app.setGlobalPrefix('api')` moves the job routes to `/api/jobs`; the links in 202 answers
+ * must say so. Nest keeps the prefix in its container's config, read here once at init.
+ */
+function globalPrefixOf(moduleRef: ModuleRef): string {
+  const container = (
+    moduleRef as unknown as { container?: { applicationConfig?: { getGlobalPrefix(): string } } }
+  ).container;
+  const prefix = container?.applicationConfig?.getGlobalPrefix() ?? '';
+  const trimmed = prefix.replace(/^\/+|\/+$/g, '');
+  return trimmed ? `/${trimmed}` : '';
+}

@@ -1,0 +1,98 @@
+import {
+  type CanActivate,
+  type DynamicModule,
+  type InjectionToken,
+  Module,
+  type ModuleMetadata,
+  type OptionalFactoryDependency,
+  type Provider,
+  type Type,
+} from '@nestjs/common';
+import { DiscoveryModule } from '@nestjs/core';
+import { ConfigError } from '../errors.js';
+import { consoleLogger, type Logger } from '../logger.js';
+import { Offload } from '../offload.js';
+import type { OffloadOptions } from '../options.js';
+import { BackgroundExplorer } from './background.explorer.js';
+import { createJobsController } from './jobs.controller.js';
+import { OFFLOAD_MODULE_OPTIONS } from './nest.constants.js';
+import { OffloadService } from './offload.service.js';
+
+type Guard = CanActivate | Type<CanActivate>;
+
+/** `OffloadModule.forRoot()` options: the Express middleware's, and guards for the job routes. */
+export interface OffloadModuleOptions extends OffloadOptions {
+  /**
+   * Guards for the job routes (status, events, cancel, list), after the app's global ones.
+   * A guard class is built by Nest inside OffloadModule: its dependencies must be global or
+   * exported by a module in `imports`.
+   */
+  guards?: Guard[];
+}
+
+export interface OffloadModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
+  /** Builds the options (not `guards`: Nest must know those before any factory runs). */
+  useFactory: (...args: any[]) => OffloadOptions | Promise<OffloadOptions>;
+  inject?: (InjectionToken | OptionalFactoryDependency)[];
+  guards?: Guard[];
+}
+
+/**
+ * `imports: [OffloadModule.forRoot({ broker: 'redis://…', owner: req => req.user?.id })]`.
+ * Global: mounts the job routes under `basePath`, wires every `@Background()` method, exports
+ * `OffloadService` (and the `Offload` core).
+ */
+@Module({})
+export class OffloadModule {
+  static forRoot(options: OffloadModuleOptions = {}): DynamicModule {
+    const { guards = [], ...offloadOptions } = options;
+    return build({ provide: OFFLOAD_MODULE_OPTIONS, useValue: offloadOptions }, guards, []);
+  }
+
+  static forRootAsync(options: OffloadModuleAsyncOptions): DynamicModule {
+    if (typeof options?.useFactory !== 'function') {
+      throw new ConfigError('OffloadModule.forRootAsync needs a useFactory function.');
+    }
+    return build(
+      { provide: OFFLOAD_MODULE_OPTIONS, useFactory: options.useFactory, inject: options.inject ?? [] },
+      options.guards ?? [],
+      options.imports ?? [],
+    );
+  }
+}
+
+function build(
+  optionsProvider: Provider,
+  guards: Guard[],
+  imports: ModuleMetadata['imports'],
+): DynamicModule {
+  if (!Array.isArray(guards)) throw new ConfigError('OffloadModule: guards must be an array.');
+  let logger: Logger = consoleLogger;
+  const controller = createJobsController(guards, () => logger);
+  return {
+    module: OffloadModule,
+    global: true,
+    imports: [DiscoveryModule, ...(imports ?? [])],
+    controllers: [controller],
+    providers: [
+      optionsProvider,
+      {
+        provide: Offload,
+        useFactory: (options: OffloadOptions) => {
+          if ('guards' in (options ?? {})) {
+            throw new ConfigError('OffloadModule.forRootAsync: pass guards next to useFactory, not from it.');
+          }
+          // The worker waits for onApplicationBootstrap: jobs must not run before the app is up.
+          const core = new Offload(options, { autoStart: false });
+          logger = core.config.logger;
+          controller.mountAt(core.config.basePath);
+          return core;
+        },
+        inject: [OFFLOAD_MODULE_OPTIONS],
+      },
+      OffloadService,
+      BackgroundExplorer,
+    ],
+    exports: [OffloadService, Offload],
+  };
+}
