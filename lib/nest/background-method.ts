@@ -6,7 +6,7 @@ import type { Json } from '../job.js';
 import type { OffloadRequest } from '../options.js';
 import type { TaskOptions } from '../task.js';
 import { type CompiledValidator, compileClassCheck, isClass } from '../validation.js';
-import { JOB_CONTEXT_METADATA } from './nest.constants.js';
+import { JOB_CONTEXT_METADATA, ROUTE_RESPONSE_METADATA } from './nest.constants.js';
 
 type Check = CompiledValidator['check'];
 
@@ -104,11 +104,14 @@ export class BackgroundMethod {
       );
     }
 
+    // Another app in this process may have installed the route already, adding its own @Res().
+    const added: number | undefined = Reflect.getMetadata(ROUTE_RESPONSE_METADATA, target, methodName);
     const byIndex = new Map<number, { source: Source; data: string | undefined }>();
     let arity = Math.max(types?.length ?? 0, original.length, this.jobIndex + 1);
     for (const [key, meta] of Object.entries(args)) {
       const type = key.slice(0, key.lastIndexOf(':'));
       const data = typeof meta.data === 'string' ? meta.data : undefined;
+      if (meta.index === added && type === String(RouteParamtypes.RESPONSE)) continue;
       arity = Math.max(arity, meta.index + 1);
       if (/^\d+$/.test(type)) {
         const paramtype = Number(type);

@@ -9,7 +9,7 @@ import {
   Res,
 } from '@nestjs/common';
 import { EXCEPTION_FILTERS_METADATA, METHOD_METADATA, PATH_METADATA } from '@nestjs/common/constants';
-import type {
+import {
   DiscoveryService,
   HttpAdapterHost,
   MetadataScanner,
@@ -26,7 +26,7 @@ import { Offload } from '../offload.js';
 import type { OffloadRequest } from '../options.js';
 import { defineTask, type TaskDefinition } from '../task.js';
 import { BackgroundMethod } from './background-method.js';
-import { BACKGROUND_METADATA } from './nest.constants.js';
+import { BACKGROUND_METADATA, ROUTE_RESPONSE_METADATA } from './nest.constants.js';
 import { OffloadProblemFilter } from './problem.filter.js';
 
 const ORIGINAL = Symbol('offload.original');
@@ -94,6 +94,7 @@ function installRoute(method: BackgroundMethod, original: Function): void {
   Object.defineProperty(wrapper, ORIGINAL, { value: original });
   Object.defineProperty(wrapper, 'name', { value: methodName });
   Res()(proto, methodName, resIndex);
+  Reflect.defineMetadata(ROUTE_RESPONSE_METADATA, resIndex, method.target, methodName);
   Object.defineProperty(proto, methodName, { value: wrapper, writable: true, configurable: true });
 }
 
@@ -114,11 +115,12 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
   private readonly found: Found[] = [];
 
   constructor(
-    discovery: DiscoveryService,
-    scanner: MetadataScanner,
-    modules: ModulesContainer,
-    private readonly moduleRef: ModuleRef,
-    private readonly adapterHost: HttpAdapterHost,
+    // Tokens spelled out: the library must not depend on how it was compiled (design:paramtypes).
+    @Inject(DiscoveryService) discovery: DiscoveryService,
+    @Inject(MetadataScanner) scanner: MetadataScanner,
+    @Inject(ModulesContainer) modules: ModulesContainer,
+    @Inject(ModuleRef) private readonly moduleRef: ModuleRef,
+    @Inject(HttpAdapterHost) private readonly adapterHost: HttpAdapterHost,
     @Inject(Offload) private readonly core: Offload,
   ) {
     // Hooks run by module distance: below every module, OffloadModule starts its worker after
