@@ -1,7 +1,7 @@
 import { Body, Controller, Get, Header, Post } from '@nestjs/common';
 import { Background, type Job, JobContext } from 'offload/nest';
 import { samplePage } from '../shared/page.js';
-import type { ReportRequest } from '../shared/report.dto.js';
+import { ReportRequest } from '../shared/report.dto.js';
 import { buildReport } from '../shared/report.task.js';
 
 @Controller()
