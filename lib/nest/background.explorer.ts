@@ -156,13 +156,8 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
   }
 
   onModuleInit(): void {
+    // OffloadModule.configure() has refused any other platform already.
     const adapter = this.adapterHost.httpAdapter;
-    if (adapter && adapter.getType() !== 'express') {
-      throw new ConfigError(
-        `offload/nest runs on Nest's Express platform only; this app uses "${adapter.getType()}". ` +
-          'Fastify is not supported yet.',
-      );
-    }
     const { config } = this.core;
     lastLogger = () => config.logger;
     const prefix = globalPrefixOf(this.moduleRef);

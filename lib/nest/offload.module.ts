@@ -1,14 +1,17 @@
 import {
   type CanActivate,
   type DynamicModule,
+  Inject,
   type InjectionToken,
+  type MiddlewareConsumer,
   Module,
   type ModuleMetadata,
+  type NestModule,
   type OptionalFactoryDependency,
   type Provider,
   type Type,
 } from '@nestjs/common';
-import { DiscoveryModule } from '@nestjs/core';
+import { DiscoveryModule, HttpAdapterHost } from '@nestjs/core';
 import { ConfigError } from '../errors.js';
 import { consoleLogger, type Logger } from '../logger.js';
 import { Offload } from '../offload.js';
@@ -43,7 +46,20 @@ export interface OffloadModuleAsyncOptions extends Pick<ModuleMetadata, 'imports
  * `OffloadService` (and the `Offload` core).
  */
 @Module({})
-export class OffloadModule {
+export class OffloadModule implements NestModule {
+  constructor(@Inject(HttpAdapterHost) private readonly adapterHost: HttpAdapterHost) {}
+
+  /** Runs before Nest registers any route: the one point to refuse a platform before it half-works. */
+  configure(_consumer: MiddlewareConsumer): void {
+    const adapter = this.adapterHost.httpAdapter;
+    if (adapter && adapter.getType() !== 'express') {
+      throw new ConfigError(
+        `offload/nest runs on Nest's Express platform only; this app uses "${adapter.getType()}". ` +
+          'Fastify is not supported yet.',
+      );
+    }
+  }
+
   static forRoot(options: OffloadModuleOptions = {}): DynamicModule {
     const { guards = [], ...offloadOptions } = options;
     return build({ provide: OFFLOAD_MODULE_OPTIONS, useValue: offloadOptions }, guards, []);

@@ -51,6 +51,34 @@ describe('the built package, as a consumer loads it', () => {
     assert.equal(out, 'function true true true');
   });
 
+  it('require("offload") loads no Nest, driver or validation package', () => {
+    const out = run(
+      'light.cjs',
+      `require('offload');
+       const loaded = Object.keys(require.cache).filter((f) => /node_modules[/](@nestjs|class-|ioredis|pg|better-sqlite3|reflect-metadata)[/]/.test(f));
+       console.log(loaded.length);`,
+    );
+    assert.equal(out, '0');
+  });
+
+  it('offload/nest from CommonJS and from ESM: the same classes', () => {
+    const cjs = run(
+      'nest.cjs',
+      `const nest = require('offload/nest');
+       const m = nest.OffloadModule.forRoot({ worker: false });
+       console.log(typeof nest.Background, typeof nest.JobContext, typeof nest.OffloadService, m.global, m.module === nest.OffloadModule);`,
+    );
+    assert.equal(cjs, 'function function function true true');
+    const esm = run(
+      'nest.mjs',
+      `import { OffloadModule, Background } from 'offload/nest';
+       import { createRequire } from 'node:module';
+       const cjs = createRequire(import.meta.url)('offload/nest');
+       console.log(OffloadModule === cjs.OffloadModule, Background === cjs.Background);`,
+    );
+    assert.equal(esm, 'true true');
+  });
+
   it('exposes only the declared entry points', () => {
     assert.throws(
       () => run('deep.cjs', `require('offload/build/lib/worker.js')`),

@@ -18,6 +18,8 @@ import {
   Scope,
 } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter } from '@nestjs/platform-fastify';
+import { Test } from '@nestjs/testing';
 import { Type } from 'class-transformer';
 import { IsDate, IsInt, IsString, Matches, Max, Min } from 'class-validator';
 import { MemoryBroker } from '../../../adapters/memory/memory.broker.js';
@@ -517,6 +519,20 @@ describe('start-up errors', () => {
       }),
       /RequestScopedController\.run.*request-scoped/,
     );
+  });
+
+  it('the Fastify platform is refused at start-up with a clear message, not half-wired', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [OffloadModule.forRoot(offloadOptions)],
+      controllers: [ReportsController],
+      providers: [Clock],
+    }).compile();
+    const app = moduleRef.createNestApplication(new FastifyAdapter(), { logger: false });
+    try {
+      await assert.rejects(app.init(), /Express platform only.*"fastify".*not supported yet/);
+    } finally {
+      await app.close().catch(() => {});
+    }
   });
 
   it('unknown options are named', async () => {
