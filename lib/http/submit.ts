@@ -67,12 +67,17 @@ export async function checkPayload(
   sized: boolean,
   maxPayloadBytes: number,
 ): Promise<Json> {
+  // The JSON text of what is stored, when the copy made it: the size check reuses it.
+  let text: string | undefined;
   if (def.validator) {
     const { errors, value } = await def.validator.check(payload);
     if (errors) throw new ValidationError(errors);
-    if (value !== payload) payload = toJson(value);
+    if (value !== payload) {
+      text = stringifyPayload(value);
+      payload = JSON.parse(text) as Json;
+    }
   }
-  if (!sized && Buffer.byteLength(JSON.stringify(payload)) > maxPayloadBytes) {
+  if (!sized && Buffer.byteLength(text ?? JSON.stringify(payload)) > maxPayloadBytes) {
     throw new PayloadTooLargeError(maxPayloadBytes);
   }
   return payload;
@@ -199,6 +204,11 @@ export function createSubmitHandler(
 
 /** The payload as JSON data (a copy), or a 400 when it cannot be serialised. */
 export function toJson(value: unknown): Json {
+  return JSON.parse(stringifyPayload(value)) as Json;
+}
+
+/** The payload as JSON text, or a 400 when it cannot be serialised. */
+function stringifyPayload(value: unknown): string {
   let text: string | undefined;
   try {
     text = JSON.stringify(value);
@@ -210,5 +220,5 @@ export function toJson(value: unknown): Json {
   }
   if (text === undefined)
     throw new BadRequestError('The payload is not JSON-serialisable.', 'ERR_OFFLOAD_BAD_PAYLOAD');
-  return JSON.parse(text) as Json;
+  return text;
 }

@@ -22,6 +22,8 @@ interface Slot {
   field: (inner: string) => string;
   /** Rebuilds and checks the stored value; `null` when the declared type says nothing. */
   check: Check | null;
+  /** Checks a DTO argument as the client sent it, types not converted (as a ValidationPipe does). */
+  requestCheck: Check | null;
 }
 
 /**
@@ -142,7 +144,13 @@ export class BackgroundMethod {
           ? `${name}.${inner}`
           : inner;
       };
-      this.slots.push({ index, source, data, field, check: checkFor(types?.[index], this.label, warn) });
+      const type = types?.[index];
+      const check = checkFor(type, this.label, warn);
+      const requestCheck =
+        check && isClass(type as Function)
+          ? compileClassCheck(type as new () => object, { rebuildUndecorated: true })
+          : null;
+      this.slots.push({ index, source, data, field, check, requestCheck });
     }
 
     const slots = this.slots;
@@ -202,7 +210,7 @@ export class BackgroundMethod {
   async requestErrors(req: OffloadRequest): Promise<FieldError[]> {
     const errors: FieldError[] = [];
     for (const slot of this.slots) {
-      if (!slot.check) continue;
+      if (!slot.requestCheck) continue;
       const whole =
         slot.source === 'body'
           ? req.body
@@ -213,7 +221,7 @@ export class BackgroundMethod {
               : undefined;
       if (whole === undefined) continue;
       const raw = slot.data === undefined ? whole : whole?.[slot.data];
-      const { errors: found } = await slot.check(raw as Json);
+      const { errors: found } = await slot.requestCheck(raw as Json);
       for (const e of found ?? []) errors.push({ field: slot.field(e.field), messages: e.messages });
     }
     return errors;

@@ -101,7 +101,6 @@ function installRoute(method: BackgroundMethod, original: Function): void {
 interface Found {
   method: BackgroundMethod;
   host: InstanceWrapper;
-  original: Function;
   def: TaskDefinition;
 }
 
@@ -150,7 +149,7 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
         def.validator = method.validator;
         core.addTask(def);
         if (method.isRoute) installRoute(method, original);
-        this.found.push({ method, host, original, def });
+        this.found.push({ method, host, def });
       }
     }
   }

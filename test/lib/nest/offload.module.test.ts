@@ -177,6 +177,17 @@ describe('OffloadModule with @Background() routes, through Nest DI', () => {
     assert.deepEqual(problem.errors!.map((e) => e.field).sort(), ['month', 'since']);
     assert.ok(problem.errors!.every((e) => e.messages.length > 0));
     assert.match(res.headers.get('vary') ?? '', /Prefer/);
+    // Fields are checked as sent (no type conversion), as the pipe did: 7 is not a string.
+    const typed = await expectProblem(
+      await postJson(`${t.baseUrl}/reports`, { month: 202610, since: '2026-10-01T00:00:00Z' }),
+      400,
+    );
+    assert.deepEqual(typed.errors, [
+      {
+        field: 'month',
+        messages: ['month must match /^\\d{4}-\\d{2}$/ regular expression', 'month must be a string'],
+      },
+    ]);
     const missing = await expectProblem(await postJson(`${t.baseUrl}/reports/steps`, {}), 400);
     assert.deepEqual(
       missing.errors!.map((e) => e.field),
