@@ -1,189 +1,31 @@
-import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  alternate,
-  type Contender,
-  parseFlags,
-  type RequestSpec,
-  type ServerProcess,
-  startServer,
-  table,
-} from './harness.js';
+import { compare } from './compare.js';
 
 /**
  * Express 5 alone (the anchor) against the same route marked background with offload on the
  * memory broker, whose in-process worker also runs every job. Same request, same body, same
  * `express.json()` on both sides. Prints a table, then one JSON line (the last line).
  */
-export async function httpBench(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, {
-    rounds: 5,
-    duration: 4,
-    warmup: 3,
-    connections: 50,
-    pipelining: 1,
-    /** `--cpu-prof express|offload`: write a V8 CPU profile of that server to bench-profiles/. */
-    cpuProf: '',
+export function httpBench(argv: string[]): Promise<number> {
+  return compare(argv, {
+    name: 'http',
+    request: {
+      method: 'POST',
+      path: '/reports',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ month: '2026-10' }),
+    },
+    anchor: {
+      label: 'express',
+      title: 'express (anchor, 200)',
+      file: join(__dirname, 'servers/express-bare.server.js'),
+      status: 200,
+    },
+    offload: {
+      label: 'offload',
+      title: 'offload (submit 202 + job run)',
+      file: join(__dirname, 'servers/express-offload.server.js'),
+      status: 202,
+    },
   });
-  const plan = {
-    rounds: flags.rounds,
-    durationS: flags.duration,
-    warmupS: flags.warmup,
-    connections: flags.connections,
-    pipelining: flags.pipelining,
-  };
-  const prof = (label: string) =>
-    flags.cpuProf === label ? ['--cpu-prof', `--cpu-prof-dir=${join(process.cwd(), 'bench-profiles')}`] : [];
-
-  const body = JSON.stringify({ month: '2026-10' });
-  const request = (expectStatus: number): RequestSpec => ({
-    method: 'POST',
-    path: '/reports',
-    headers: { 'content-type': 'application/json' },
-    body,
-    expectStatus,
-  });
-
-  const busy = await machineBusy(500);
-  if (busy > 0.2) {
-    console.log(
-      `warning: the machine was ${Math.round(busy * 100)}% busy before the run (other processes): ` +
-        'req/s will be lower and noisier; the cpu µs/req figures are less affected',
-    );
-  }
-
-  const servers: ServerProcess[] = [];
-  try {
-    const baseline = await startServer(
-      'express',
-      join(__dirname, 'servers/express-bare.server.js'),
-      prof('express'),
-    );
-    servers.push(baseline);
-    const offload = await startServer(
-      'offload',
-      join(__dirname, 'servers/express-offload.server.js'),
-      prof('offload'),
-    );
-    servers.push(offload);
-
-    let accepted = 0;
-    let drainFailures = 0;
-    let peakStored = 0;
-    let last: Record<string, number> = {};
-    const contenders: Contender[] = [
-      { server: baseline, request: request(200) },
-      {
-        server: offload,
-        request: request(202),
-        // Every accepted job must have run before the next round: a backlog would keep the CPU
-        // busy during the anchor's round, and a worker that cannot keep up must show.
-        afterRound: async (round) => {
-          accepted += round.ok;
-          const started = Date.now();
-          let stored = 0;
-          for (;;) {
-            last = (await offload.stats()) as Record<string, number>;
-            stored = last.queued! + last.running! + last.succeeded! + last.failed! + last.canceled!;
-            peakStored = Math.max(peakStored, stored);
-            if (last.queued === 0 && last.running === 0) break;
-            if (Date.now() - started > 15_000) {
-              drainFailures++;
-              break;
-            }
-            await new Promise((r) => setTimeout(r, 50));
-          }
-          const backlog = last.queued! + last.running!;
-          return `(jobs run ${last.ran}; ${backlog ? `${backlog} STILL QUEUED` : `drained in ${Date.now() - started} ms`}; ${stored} jobs stored)`;
-        },
-      },
-    ];
-
-    console.log(
-      `bench http: POST /reports ${body}, ${plan.connections} connections, pipelining ${plan.pipelining}, ` +
-        `${plan.rounds} rounds of ${plan.durationS} s per server after a ${plan.warmupS} s warm-up, node ${process.version}`,
-    );
-    const [a, b] = await alternate(contenders, plan);
-    const base = a!;
-    const off = b!;
-
-    const ratio = Number((off.rps / base.rps).toFixed(3));
-    console.log('');
-    console.log(
-      table([
-        ['server', 'req/s (median)', 'p50 ms', 'p99 ms', 'server cpu µs/req', 'ok', 'bad status', 'errors'],
-        ...[base, off].map((s) => [
-          s.label === 'express' ? 'express (anchor, 200)' : 'offload (submit 202 + job run)',
-          String(Math.round(s.rps)),
-          String(s.p50),
-          String(s.p99),
-          String(Math.round(s.cpuUsPerReq)),
-          String(s.ok),
-          String(s.unexpected),
-          String(s.errors),
-        ]),
-      ]),
-    );
-    console.log('');
-    console.log(`ratio offload/express: ${ratio}  (1.0 = offload costs nothing; the target is >= 0.9)`);
-    console.log(
-      `cpu ratio express/offload: ${(base.cpuUsPerReq / off.cpuUsPerReq).toFixed(3)}  (the same comparison from the ` +
-        "servers' CPU time per request; it holds even when something else loads the machine)",
-    );
-    console.log(
-      `offload: resultTtl ${last.resultTtlMs} ms (finished jobs purged after it); ${last.ran} jobs run for ` +
-        `${accepted} 202 responses counted; at most ${peakStored} jobs stored; heap ${last.heapUsedMb} MB, rss ${last.rssMb} MB`,
-    );
-
-    const problems: string[] = [];
-    for (const s of [base, off]) {
-      if (s.unexpected || s.errors)
-        problems.push(`${s.label}: ${s.unexpected} unexpected statuses, ${s.errors} errors`);
-    }
-    // A response autocannon dropped when a round ended still ran its job: ran >= accepted.
-    if (last.ran! < accepted) problems.push(`offload: only ${last.ran} jobs run for ${accepted} accepted`);
-    if (drainFailures)
-      problems.push(`offload: the worker did not drain its queue within 15 s (${drainFailures} times)`);
-    if (problems.length) console.log(`THIS RUN HAD ERRORS: ${problems.join('; ')}`);
-
-    console.log(
-      JSON.stringify({
-        bench: 'http',
-        baseline_rps: Math.round(base.rps),
-        offload_rps: Math.round(off.rps),
-        ratio,
-        baseline_latency_ms: { p50: base.p50, p99: base.p99 },
-        offload_latency_ms: { p50: off.p50, p99: off.p99 },
-        rounds: plan.rounds,
-        connections: plan.connections,
-        duration_s: plan.durationS,
-        node: process.version,
-        cpu_us_per_req: { baseline: Math.round(base.cpuUsPerReq), offload: Math.round(off.cpuUsPerReq) },
-        errors: problems.length,
-        machine_busy_before_pct: Math.round(busy * 100),
-      }),
-    );
-    return problems.length ? 1 : 0;
-  } finally {
-    await Promise.all(servers.map((s) => s.stop()));
-  }
-}
-
-/** Share of all cores' time spent busy over `ms` (before any server runs: someone else's load). */
-async function machineBusy(ms: number): Promise<number> {
-  const sample = () =>
-    cpus().reduce(
-      (acc, { times }) => {
-        acc.idle += times.idle;
-        acc.total += times.user + times.nice + times.sys + times.irq + times.idle;
-        return acc;
-      },
-      { idle: 0, total: 0 },
-    );
-  const a = sample();
-  await sleep(ms);
-  const b = sample();
-  const total = b.total - a.total;
-  return total > 0 ? 1 - (b.idle - a.idle) / total : 0;
 }

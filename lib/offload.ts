@@ -220,24 +220,55 @@ export class Offload {
    * client within `brokerTimeout`, never a hang or a 500 with driver internals.
    */
   call<T>(op: Promise<T>): Promise<T> {
-    const ms = this.config.brokerTimeoutMs;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new BrokerUnavailableError(`The job broker did not answer within ${ms} ms.`)),
-        ms,
-      );
+      const pending: PendingCall = { deadline: Date.now() + this.config.brokerTimeoutMs, reject };
+      this.pendingCalls.add(pending);
+      this.sweepCalls ??= this.startSweep();
       op.then(
         (value) => {
-          clearTimeout(timer);
-          resolve(value);
+          if (this.pendingCalls.delete(pending)) resolve(value);
         },
         (err) => {
-          clearTimeout(timer);
+          if (!this.pendingCalls.delete(pending)) return;
           reject(err instanceof OffloadError ? err : new BrokerUnavailableError(undefined, { cause: err }));
         },
       );
     });
   }
+
+  /**
+   * One timer for every call in flight instead of one per call (a timer per submit cost as much
+   * as the broker's own enqueue): a call is refused between `brokerTimeout` and an eighth of it
+   * (at most 250 ms) later. It stops by itself once no call is in flight.
+   */
+  private readonly pendingCalls = new Set<PendingCall>();
+  private sweepCalls: NodeJS.Timeout | null = null;
+
+  private startSweep(): NodeJS.Timeout {
+    const ms = this.config.brokerTimeoutMs;
+    const timer = setInterval(
+      () => {
+        if (this.pendingCalls.size === 0) {
+          clearInterval(timer);
+          this.sweepCalls = null;
+          return;
+        }
+        const now = Date.now();
+        for (const pending of this.pendingCalls) {
+          if (pending.deadline > now) continue;
+          this.pendingCalls.delete(pending);
+          pending.reject(new BrokerUnavailableError(`The job broker did not answer within ${ms} ms.`));
+        }
+      },
+      Math.min(250, Math.max(1, Math.floor(ms / 8))),
+    );
+    return timer;
+  }
+}
+
+interface PendingCall {
+  deadline: number;
+  reject: (err: Error) => void;
 }
 
 /** Stable across key order, so `{a,b}` and `{b,a}` replay the same Idempotency-Key. */

@@ -208,7 +208,7 @@ export function toJson(value: unknown): Json {
 }
 
 /** The payload as JSON text, or a 400 when it cannot be serialised. */
-function stringifyPayload(value: unknown): string {
+export function stringifyPayload(value: unknown): string {
   let text: string | undefined;
   try {
     text = JSON.stringify(value);

@@ -1,7 +1,8 @@
 import { METHOD_METADATA, ROUTE_ARGS_METADATA, SSE_METADATA } from '@nestjs/common/constants';
 import { RouteParamtypes } from '@nestjs/common/enums/route-paramtypes.enum';
 import type { BackgroundMethodOptions } from '../../decorators/background.decorator.js';
-import { ConfigError, type FieldError, MissingDriverError } from '../errors.js';
+import { ConfigError, type FieldError, MissingDriverError, ValidationError } from '../errors.js';
+import { stringifyPayload } from '../http/submit.js';
 import type { Json } from '../job.js';
 import type { OffloadRequest } from '../options.js';
 import type { TaskOptions } from '../task.js';
@@ -24,6 +25,8 @@ interface Slot {
   check: Check | null;
   /** Checks a DTO argument as the client sent it, types not converted (as a ValidationPipe does). */
   requestCheck: Check | null;
+  /** The declared DTO class, when the argument is one. */
+  dto: Function | null;
 }
 
 /**
@@ -150,7 +153,15 @@ export class BackgroundMethod {
         check && isClass(type as Function)
           ? compileClassCheck(type as new () => object, { rebuildUndecorated: true })
           : null;
-      this.slots.push({ index, source, data, field, check, requestCheck });
+      this.slots.push({
+        index,
+        source,
+        data,
+        field,
+        check,
+        requestCheck,
+        dto: requestCheck ? (type as Function) : null,
+      });
     }
 
     const slots = this.slots;
@@ -189,9 +200,36 @@ export class BackgroundMethod {
     };
   }
 
-  /** The payload arguments of a call, in order, as JSON (not yet checked). */
+  /** The payload arguments of a call, in order (not yet checked or copied). */
   payloadOf(args: unknown[]): unknown[] {
     return this.slots.map((slot) => args[slot.index] ?? null);
+  }
+
+  /**
+   * What a route call stores: its payload arguments as JSON, checked as the worker will check
+   * them. A DTO argument that is already an instance of its class comes from a transforming
+   * pipe that validated it (a `ValidationPipe`): it is not validated a second time. Throws
+   * `ValidationError`; returns the payload and its JSON text.
+   */
+  async submitPayload(args: unknown[]): Promise<{ payload: Json; text: string }> {
+    let text = stringifyPayload(this.payloadOf(args));
+    const values = JSON.parse(text) as Json[];
+    const errors: FieldError[] = [];
+    let changed = false;
+    for (let i = 0; i < this.slots.length; i++) {
+      const slot = this.slots[i]!;
+      if (!slot.check || (slot.dto && args[slot.index] instanceof slot.dto)) continue;
+      const checked = await slot.check(values[i]!);
+      for (const e of checked.errors ?? []) errors.push({ field: slot.field(e.field), messages: e.messages });
+      if (checked.value !== values[i]) {
+        values[i] = checked.value as Json;
+        changed = true;
+      }
+    }
+    if (errors.length) throw new ValidationError(errors);
+    // A rebuilt DTO keeps only what it validated (unknown properties stripped): store that.
+    if (changed) text = stringifyPayload(values);
+    return { payload: changed ? (JSON.parse(text) as Json) : values, text };
   }
 
   /** The method's arguments for a run: the checked payload in place, the job handle at its spot. */

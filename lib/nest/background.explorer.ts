@@ -18,9 +18,9 @@ import {
 } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
 import type { BackgroundMethodOptions } from '../../decorators/background.decorator.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, PayloadTooLargeError } from '../errors.js';
 import { fromBodyParserError } from '../http/body.js';
-import { checkPayload, createJobAcceptor, readSubmitPreferences, toJson } from '../http/submit.js';
+import { createJobAcceptor, readSubmitPreferences } from '../http/submit.js';
 import { consoleLogger, type Logger } from '../logger.js';
 import { Offload } from '../offload.js';
 import type { OffloadRequest } from '../options.js';
@@ -141,9 +141,14 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
           original && Reflect.getMetadata(BACKGROUND_METADATA, original);
         if (!original || !options) continue;
         const method = new BackgroundMethod(metatype, methodName, original, options, warn);
+        let instance: unknown;
         const def = defineTask(
           method.taskName,
-          (values: unknown[], job) => original.apply(host.instance, method.argsFor(values, job)),
+          // Singletons only (checked at init): the instance is looked up once.
+          (values: unknown[], job) => {
+            instance ??= host.instance;
+            return original.apply(instance, method.argsFor(values, job));
+          },
           method.taskOptions,
         );
         def.validator = method.validator;
@@ -176,12 +181,9 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
         const req = (res as ServerResponse & { req: OffloadRequest }).req;
         try {
           const preferences = readSubmitPreferences(req);
-          const payload = await checkPayload(
-            def,
-            toJson(method.payloadOf(args)),
-            false,
-            config.maxPayloadBytes,
-          );
+          const { payload, text } = await method.submitPayload(args);
+          if (Buffer.byteLength(text) > config.maxPayloadBytes)
+            throw new PayloadTooLargeError(config.maxPayloadBytes);
           await acceptor.accept(req, res, payload, preferences);
         } catch (err) {
           acceptor.fail(res, err);

@@ -321,6 +321,45 @@ describe('OffloadModule with @Background() routes, through Nest DI', () => {
   });
 });
 
+describe('an app without a ValidationPipe', () => {
+  let t: NestTestApp;
+
+  before(async () => {
+    t = await startNestApp(
+      {
+        imports: [OffloadModule.forRoot(offloadOptions)],
+        controllers: [ReportsController],
+        providers: [Clock],
+      },
+      { validationPipe: false },
+    );
+  });
+  after(() => t.close());
+
+  it('offload checks the declared DTO itself: 400 with the fields, nothing stored; unknown properties not stored', async () => {
+    const bad = await postJson(`${t.baseUrl}/reports`, { month: 'October', since: 'someday' });
+    const problem = await expectProblem(bad, 400);
+    assert.deepEqual(problem.errors!.map((e) => e.field).sort(), ['month', 'since']);
+    assert.equal((await t.core.broker.list({ limit: 100 })).jobs.length, 0);
+
+    const res = await postJson(`${t.baseUrl}/reports`, {
+      month: '2026-10',
+      since: '2026-10-01T00:00:00Z',
+      admin: true,
+    });
+    assert.equal(res.status, 202);
+    const { id } = await res.json();
+    assert.deepEqual((await t.core.get(id))!.payload, [
+      { month: '2026-10', since: '2026-10-01T00:00:00.000Z' },
+    ]);
+    const done = await eventually(async () => {
+      const j = await t.core.get(id);
+      return j?.status === 'succeeded' ? j : null;
+    }, 'the job');
+    assert.equal((done.result as { isPeriod: boolean }).isPeriod, true);
+  });
+});
+
 @Injectable()
 class ApiKeyGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
