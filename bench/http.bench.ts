@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { compare } from './compare.js';
+import { compare, REPORT_REQUEST } from './compare.js';
 
 /**
  * Express 5 alone (the anchor) against the same route marked background with offload on the
@@ -9,12 +9,7 @@ import { compare } from './compare.js';
 export function httpBench(argv: string[]): Promise<number> {
   return compare(argv, {
     name: 'http',
-    request: {
-      method: 'POST',
-      path: '/reports',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ month: '2026-10' }),
-    },
+    request: REPORT_REQUEST,
     anchor: {
       label: 'express',
       title: 'express (anchor, 200)',

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { compare } from './compare.js';
+import { compare, REPORT_REQUEST } from './compare.js';
 
 /**
  * A NestJS 11 app (Express platform, global `ValidationPipe`, a class-validator DTO) alone (the
@@ -9,12 +9,7 @@ import { compare } from './compare.js';
 export function nestBench(argv: string[]): Promise<number> {
   return compare(argv, {
     name: 'nest',
-    request: {
-      method: 'POST',
-      path: '/reports',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ month: '2026-10' }),
-    },
+    request: REPORT_REQUEST,
     anchor: {
       label: 'nest',
       title: 'nest (anchor, 200)',
