@@ -29,12 +29,17 @@ export class Offload {
   private purgeTimer: NodeJS.Timeout | null = null;
   /** Enders of the open SSE streams: `close()` ends them, or `server.close()` would wait on their clients. */
   readonly streams = new Set<() => void>();
+  /** Give-ups of the `waitFor` calls in flight: `close()` ends them as timed out, for the same reason. */
+  private readonly waits = new Set<() => void>();
   private closing: Promise<StopReport> | null = null;
   /** Only a broker this instance built from a URL is closed with it; a passed-in one belongs to the app. */
   private readonly ownsBroker: boolean;
 
-  /** Whether `task()` starts the worker; the Nest module holds it until the app is ready. */
-  private readonly autoStart: boolean;
+  /**
+   * Whether `task()` starts the worker; the Nest module holds it until the app is ready, then
+   * `start()` sets it (a task registered later must start the worker as well).
+   */
+  private autoStart: boolean;
 
   /** @param internal.autoStart `false` leaves the worker stopped until `start()`. */
   constructor(options: OffloadOptions = {}, internal: { autoStart?: boolean } = {}) {
@@ -72,8 +77,14 @@ export class Offload {
     if (this.autoStart) this.start();
   }
 
+  /** True once `close()` has begun: an SSE stream or a wait that starts now must end at once. */
+  get closed(): boolean {
+    return this.closing !== null;
+  }
+
   /** Start the in-process worker (if any). Idempotent; a closed instance stays stopped. */
   start(): void {
+    this.autoStart = true;
     if (!this.closing && this.registry.names().length > 0) this.worker?.start();
   }
 
@@ -146,9 +157,14 @@ export class Offload {
 
   /**
    * Wait until the job is finished or `ms` pass. Resolves with the finished job, or `null`
-   * on time-out. Listens before reading, so a finish in between is not missed.
+   * on time-out. Listens before reading, so a finish in between is not missed. `close()` ends
+   * the wait as a time-out: a `Prefer: wait` request must not hold the server's shutdown.
    */
   async waitFor(id: string, ms: number): Promise<JobRecord | null> {
+    if (this.closing) {
+      const job = await this.get(id);
+      return job && isTerminal(job.status) ? job : null;
+    }
     let wake!: () => void;
     const finished = new Promise<void>((resolve) => {
       wake = resolve;
@@ -157,16 +173,21 @@ export class Offload {
       if (event.type === 'status' && event.status && isTerminal(event.status)) wake();
     });
     let timer: NodeJS.Timeout | undefined;
+    let giveUp: (() => void) | undefined;
     try {
       const job = await this.get(id);
       if (!job || isTerminal(job.status)) return job;
+      if (this.closing) return null;
       const timedOut = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), ms);
+        giveUp = () => resolve('timeout');
       });
+      this.waits.add(giveUp!);
       if ((await Promise.race([finished, timedOut])) === 'timeout') return null;
       return await this.get(id);
     } finally {
       clearTimeout(timer);
+      if (giveUp) this.waits.delete(giveUp);
       off();
     }
   }
@@ -205,7 +226,7 @@ export class Offload {
     if (!this.closing) {
       this.closing = (async () => {
         if (this.purgeTimer) clearInterval(this.purgeTimer);
-        for (const end of [...this.streams]) end();
+        for (const end of [...this.streams, ...this.waits]) end();
         const report = (await this.worker?.stop()) ?? { finished: 0, handedBack: 0 };
         await this.events.close();
         if (this.ownsBroker) await this.broker.close();

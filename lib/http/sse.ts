@@ -94,6 +94,12 @@ export async function streamJobEvents(
   let off: (() => void) | null = null;
   res.on('close', end);
   core.streams.add(end);
+  if (core.closed) {
+    // close() has run its enders already: this stream would hold server.close() open. Ended
+    // at once, EventSource reconnects, to another instance or to this one once restarted.
+    end();
+    return;
+  }
 
   try {
     off = await core.listen(job.id, (event) => {

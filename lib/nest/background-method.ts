@@ -148,7 +148,7 @@ export class BackgroundMethod {
           : inner;
       };
       const type = types?.[index];
-      const check = checkFor(type, this.label, warn);
+      const check = checkFor(type, source, this.label, warn);
       const requestCheck =
         check && isClass(type as Function)
           ? compileClassCheck(type as new () => object, { rebuildUndecorated: true })
@@ -235,7 +235,13 @@ export class BackgroundMethod {
   /** The method's arguments for a run: the checked payload in place, the job handle at its spot. */
   argsFor(values: unknown[], job: unknown): unknown[] {
     const args = new Array(this.arity);
-    for (let i = 0; i < this.slots.length; i++) args[this.slots[i]!.index] = values[i];
+    for (let i = 0; i < this.slots.length; i++) {
+      const slot = this.slots[i]!;
+      // JSON has no `undefined`: an absent query value or header was stored as null. Handed
+      // back as undefined, so a default parameter (`page = 1`) applies as on the request.
+      args[slot.index] =
+        values[i] === null && slot.source !== 'body' && slot.source !== 'custom' ? undefined : values[i];
+    }
     if (this.jobIndex >= 0) args[this.jobIndex] = job;
     return args;
   }
@@ -259,7 +265,10 @@ export class BackgroundMethod {
               : undefined;
       if (whole === undefined) continue;
       const raw = slot.data === undefined ? whole : whole?.[slot.data];
-      const { errors: found } = await slot.requestCheck(raw as Json);
+      // Query strings and path parameters are text: a pipe passes `?page=2` to an `@IsInt()`
+      // only by converting it, so they are checked converted; body fields as sent.
+      const check = slot.source === 'body' ? slot.requestCheck : (slot.check ?? slot.requestCheck);
+      const { errors: found } = await check(raw as Json);
       for (const e of found ?? []) errors.push({ field: slot.field(e.field), messages: e.messages });
     }
     return errors;
@@ -277,14 +286,30 @@ function notSerialisable(label: string, decorator: string, index: number): Confi
 }
 
 /** How the worker rebuilds an argument of the declared type from JSON, and checks it. */
-function checkFor(type: unknown, label: string, warn: (message: string) => void): Check | null {
+function checkFor(
+  type: unknown,
+  source: Source,
+  label: string,
+  warn: (message: string) => void,
+): Check | null {
   if (typeof type !== 'function' || BUILT_INS.has(type)) return null;
+  // Path, query and header values are text: `@Param('id') id: number` without a converting pipe
+  // receives '7'. Stored (and handed to the method) as the declared type, as a pipe would.
+  const text = source === 'param' || source === 'query' || source === 'headers';
   if (type === String || type === Number || type === Boolean) {
     const expected = type.name.toLowerCase();
-    return async (value) =>
-      value === null || typeof value === expected
-        ? { errors: null, value }
-        : { errors: [{ field: '', messages: [`must be a ${expected}`] }], value };
+    return async (value) => {
+      if (value === null || typeof value === expected) return { errors: null, value };
+      if (text && typeof value === 'string') {
+        if (type === Number && value.trim() !== '' && Number.isFinite(Number(value))) {
+          return { errors: null, value: Number(value) };
+        }
+        if (type === Boolean && (value === 'true' || value === 'false')) {
+          return { errors: null, value: value === 'true' };
+        }
+      }
+      return { errors: [{ field: '', messages: [`must be a ${expected}`] }], value };
+    };
   }
   if (type === Date) {
     return async (value) => {
@@ -297,10 +322,15 @@ function checkFor(type: unknown, label: string, warn: (message: string) => void)
   }
   if (!isClass(type as Function)) return null;
   try {
-    return compileClassCheck(type as new () => object, {
+    const check = compileClassCheck(type as new () => object, {
       implicitConversion: true,
       rebuildUndecorated: true,
     });
+    // Only a body must be an object; a custom decorator (`@CurrentUser()` of an anonymous
+    // caller) or an absent query object may give nothing.
+    return source === 'body'
+      ? check
+      : async (value) => (value === null ? { errors: null, value } : check(value));
   } catch (err) {
     if (!(err instanceof MissingDriverError)) throw err;
     warn(

@@ -14,8 +14,10 @@ import {
   type OnModuleDestroy,
   Param,
   Post,
+  Query,
   Req,
   Scope,
+  ValidationPipe,
 } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter } from '@nestjs/platform-fastify';
@@ -106,6 +108,12 @@ class ReportsController {
       });
       void id;
     });
+  }
+
+  @Post('pages/:id')
+  @Background({ attempts: 1 })
+  page(@Param('id') id: number, @Query('size') size: number = 10, @Query('draft') draft?: boolean) {
+    return { id, idType: typeof id, size, draft: draft ?? 'absent' };
   }
 
   @Get('plain')
@@ -357,6 +365,31 @@ describe('an app without a ValidationPipe', () => {
       return j?.status === 'succeeded' ? j : null;
     }, 'the job');
     assert.equal((done.result as { isPeriod: boolean }).isPeriod, true);
+  });
+
+  it('path and query text becomes the declared number or boolean; an absent value is undefined again in the worker', async () => {
+    const run = async (url: string) => {
+      const res = await postJson(`${t.baseUrl}${url}`, {});
+      assert.equal(res.status, 202, url);
+      const { id } = await res.json();
+      const job = await eventually(async () => {
+        const j = await t.core.get(id);
+        return j?.status === 'succeeded' ? j : null;
+      }, url);
+      return { payload: job.payload, result: job.result };
+    };
+    assert.deepEqual(await run('/reports/pages/7'), {
+      payload: [7, null, null],
+      result: { id: 7, idType: 'number', size: 10, draft: 'absent' },
+    });
+    assert.deepEqual((await run('/reports/pages/8?size=5&draft=true')).result, {
+      id: 8,
+      idType: 'number',
+      size: 5,
+      draft: true,
+    });
+    const bad = await expectProblem(await postJson(`${t.baseUrl}/reports/pages/x`, {}), 400);
+    assert.deepEqual(bad.errors, [{ field: 'id', messages: ['must be a number'] }]);
   });
 });
 
@@ -680,6 +713,122 @@ describe('shutdown', () => {
     await t.close();
     assert.equal(shutdown.finishedWithOpenDb, true);
     assert.equal((await broker.get(id))?.status, 'succeeded');
+  });
+});
+
+const stuck = { started: gate() };
+
+@Controller('stuck')
+class StuckController {
+  @Post()
+  @Background({ attempts: 3 })
+  async run(@JobContext() job: Job) {
+    stuck.started.open();
+    // Ignores its signal: runs past the grace period and is handed back.
+    await new Promise((r) => setTimeout(r, 10_000).unref());
+    void job;
+  }
+}
+
+describe('a task registered once the app is up', () => {
+  it('starts the worker, though no @Background() method had started it', async () => {
+    const t = await startNestApp({ imports: [OffloadModule.forRoot(offloadOptions)] });
+    try {
+      const service = t.app.get(OffloadService);
+      service.core.task('later', async () => 'ran');
+      const { job } = await service.enqueue('later', {});
+      assert.equal((await service.waitFor(job.id, 3000))?.result, 'ran');
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('app.close() with requests still open', () => {
+  it('an SSE stream opened while the worker drains is ended, not left holding the server open', async () => {
+    stuck.started = gate();
+    const t = await startNestApp({
+      imports: [OffloadModule.forRoot({ ...offloadOptions, worker: { gracePeriod: 600 } })],
+      controllers: [StuckController],
+    });
+    const { eventsUrl } = await (await postJson(`${t.baseUrl}/stuck`, {})).json();
+    await stuck.started.promise;
+    let closed = false;
+    const closing = t.close().then(() => {
+      closed = true;
+    });
+    // The worker's grace period: the HTTP server still answers.
+    await new Promise((r) => setTimeout(r, 100));
+    const sse = await openSse(`${t.baseUrl}${eventsUrl}`);
+    try {
+      assert.equal(sse.status, 200);
+      await sse.untilEnded();
+      await eventually(async () => closed, 'app.close()');
+    } finally {
+      sse.close();
+      await closing;
+    }
+  });
+
+  it('a Prefer: wait request does not hold app.close() for its whole wait: it gets its 202', async () => {
+    stuck.started = gate();
+    const t = await startNestApp({
+      imports: [OffloadModule.forRoot({ ...offloadOptions, worker: { gracePeriod: 200 } })],
+      controllers: [StuckController],
+    });
+    const waiting = postJson(`${t.baseUrl}/stuck`, {}, { headers: { prefer: 'wait=20' } });
+    await stuck.started.promise;
+    const started = Date.now();
+    await t.close();
+    assert.ok(Date.now() - started < 5000, `app.close() took ${Date.now() - started} ms`);
+    const res = await waiting;
+    assert.equal(res.status, 202);
+    assert.match((await res.json()).statusUrl, /^\/jobs\//);
+  });
+});
+
+class Page {
+  @IsInt()
+  @Min(1)
+  page!: number;
+}
+
+@Controller('search')
+class SearchController {
+  @Post()
+  @Background()
+  run(@Query() query: Page, @Body() body: Steps) {
+    return [query.page, body.steps];
+  }
+}
+
+describe('a ValidationPipe converting query strings (enableImplicitConversion)', () => {
+  let t: NestTestApp;
+
+  before(async () => {
+    t = await startNestApp(
+      { imports: [OffloadModule.forRoot(offloadOptions)], controllers: [SearchController] },
+      {
+        validationPipe: false,
+        before: (app) =>
+          app.useGlobalPipes(
+            new ValidationPipe({ transform: true, transformOptions: { enableImplicitConversion: true } }),
+          ),
+      },
+    );
+  });
+  after(() => t.close());
+
+  it('the 400 names the fields the pipe rejected, not a query field it accepted', async () => {
+    const ok = await postJson(`${t.baseUrl}/search?page=2`, { steps: 3 });
+    assert.equal(ok.status, 202);
+    const problem = await expectProblem(await postJson(`${t.baseUrl}/search?page=2`, { steps: 0 }), 400);
+    assert.deepEqual(
+      problem.errors!.map((e) => e.field),
+      ['steps'],
+    );
+    const both = await expectProblem(await postJson(`${t.baseUrl}/search?page=0`, { steps: 0 }), 400);
+    assert.deepEqual(both.errors!.map((e) => e.field).sort(), ['page', 'steps']);
   });
 });
 
