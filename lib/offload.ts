@@ -242,7 +242,7 @@ export class Offload {
    */
   call<T>(op: Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const pending: PendingCall = { deadline: Date.now() + this.config.brokerTimeoutMs, reject };
+      const pending: PendingCall = { deadline: performance.now() + this.config.brokerTimeoutMs, reject };
       this.pendingCalls.add(pending);
       this.sweepCalls ??= this.startSweep();
       op.then(
@@ -258,7 +258,7 @@ export class Offload {
   }
 
   /**
-   * One timer for every call in flight instead of one per call (a timer per submit cost as much
+   * One timer for every call in flight instead of one per call (on the monotonic clock) (a timer per submit cost as much
    * as the broker's own enqueue): a call is refused between `brokerTimeout` and an eighth of it
    * (at most 250 ms) later. It stops by itself once no call is in flight.
    */
@@ -274,7 +274,7 @@ export class Offload {
           this.sweepCalls = null;
           return;
         }
-        const now = Date.now();
+        const now = performance.now();
         for (const pending of this.pendingCalls) {
           if (pending.deadline > now) continue;
           this.pendingCalls.delete(pending);
