@@ -258,9 +258,9 @@ export class Offload {
   }
 
   /**
-   * One timer for every call in flight instead of one per call (on the monotonic clock) (a timer per submit cost as much
+   * One timer for every call in flight instead of one per call (a timer per submit cost as much
    * as the broker's own enqueue): a call is refused between `brokerTimeout` and an eighth of it
-   * (at most 250 ms) later. It stops by itself once no call is in flight.
+   * (at most 250 ms) later, on the monotonic clock. It stops by itself once no call is in flight.
    */
   private readonly pendingCalls = new Set<PendingCall>();
   private sweepCalls: NodeJS.Timeout | null = null;
