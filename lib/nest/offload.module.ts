@@ -33,10 +33,22 @@ export interface OffloadModuleOptions extends OffloadOptions {
   guards?: Guard[];
 }
 
+/** A provider that builds the options: `forRootAsync({ useClass: OffloadConfig })`. */
+export interface OffloadOptionsFactory {
+  createOffloadOptions(): OffloadOptions | Promise<OffloadOptions>;
+}
+
+/**
+ * One of `useFactory` (with `inject`), `useClass` or `useExisting` builds the options; not
+ * `guards`, which Nest must know before any factory runs, so they sit here.
+ */
 export interface OffloadModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
-  /** Builds the options (not `guards`: Nest must know those before any factory runs). */
-  useFactory: (...args: any[]) => OffloadOptions | Promise<OffloadOptions>;
+  useFactory?: (...args: any[]) => OffloadOptions | Promise<OffloadOptions>;
   inject?: (InjectionToken | OptionalFactoryDependency)[];
+  /** A class implementing `OffloadOptionsFactory`, built by Nest in OffloadModule. */
+  useClass?: Type<OffloadOptionsFactory>;
+  /** An `OffloadOptionsFactory` provider that exists already (exported by a module in `imports`). */
+  useExisting?: Type<OffloadOptionsFactory> | InjectionToken;
   guards?: Guard[];
 }
 
@@ -62,23 +74,41 @@ export class OffloadModule implements NestModule {
 
   static forRoot(options: OffloadModuleOptions = {}): DynamicModule {
     const { guards = [], ...offloadOptions } = options;
-    return build({ provide: OFFLOAD_MODULE_OPTIONS, useValue: offloadOptions }, guards, []);
+    return build([{ provide: OFFLOAD_MODULE_OPTIONS, useValue: offloadOptions }], guards, []);
   }
 
   static forRootAsync(options: OffloadModuleAsyncOptions): DynamicModule {
-    if (typeof options?.useFactory !== 'function') {
-      throw new ConfigError('OffloadModule.forRootAsync needs a useFactory function.');
-    }
-    return build(
-      { provide: OFFLOAD_MODULE_OPTIONS, useFactory: options.useFactory, inject: options.inject ?? [] },
-      options.guards ?? [],
-      options.imports ?? [],
+    const given = (['useFactory', 'useClass', 'useExisting'] as const).filter(
+      (k) => options?.[k] !== undefined,
     );
+    if (given.length !== 1) {
+      throw new ConfigError(
+        'OffloadModule.forRootAsync needs exactly one of useFactory, useClass or useExisting' +
+          (given.length ? `; got ${given.join(' and ')}.` : '.'),
+      );
+    }
+    const providers: Provider[] = [];
+    if (options.useFactory) {
+      providers.push({
+        provide: OFFLOAD_MODULE_OPTIONS,
+        useFactory: options.useFactory,
+        inject: options.inject ?? [],
+      });
+    } else {
+      const source = options.useClass ?? options.useExisting!;
+      if (options.useClass) providers.push(options.useClass);
+      providers.push({
+        provide: OFFLOAD_MODULE_OPTIONS,
+        useFactory: (factory: OffloadOptionsFactory) => factory.createOffloadOptions(),
+        inject: [source],
+      });
+    }
+    return build(providers, options.guards ?? [], options.imports ?? []);
   }
 }
 
 function build(
-  optionsProvider: Provider,
+  optionProviders: Provider[],
   guards: Guard[],
   imports: ModuleMetadata['imports'],
 ): DynamicModule {
@@ -91,12 +121,14 @@ function build(
     imports: [DiscoveryModule, ...(imports ?? [])],
     controllers: [controller],
     providers: [
-      optionsProvider,
+      ...optionProviders,
       {
         provide: Offload,
         useFactory: (options: OffloadOptions) => {
           if ('guards' in (options ?? {})) {
-            throw new ConfigError('OffloadModule.forRootAsync: pass guards next to useFactory, not from it.');
+            throw new ConfigError(
+              'OffloadModule.forRootAsync: pass guards next to the factory, not from it.',
+            );
           }
           // The worker waits for onApplicationBootstrap: jobs must not run before the app is up.
           const core = new Offload(options, { autoStart: false });

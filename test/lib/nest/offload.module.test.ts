@@ -9,6 +9,7 @@ import {
   type ExecutionContext,
   Get,
   Headers,
+  Inject,
   Injectable,
   Module,
   type OnModuleDestroy,
@@ -29,7 +30,11 @@ import { Background } from '../../../decorators/background.decorator.js';
 import { JobContext } from '../../../decorators/job-context.decorator.js';
 import { JobCanceledError, ValidationError } from '../../../lib/errors.js';
 import { silentLogger } from '../../../lib/logger.js';
-import { OffloadModule } from '../../../lib/nest/offload.module.js';
+import {
+  OffloadModule,
+  type OffloadModuleAsyncOptions,
+  type OffloadOptionsFactory,
+} from '../../../lib/nest/offload.module.js';
 import { OffloadService } from '../../../lib/nest/offload.service.js';
 import { Offload } from '../../../lib/offload.js';
 import type { OffloadRequest } from '../../../lib/options.js';
@@ -481,6 +486,60 @@ describe('OffloadModule.forRootAsync, guards and the global prefix', () => {
     );
     await expectProblem(rejected, 403);
     assert.equal((await t.core.broker.list({ limit: 100 })).jobs.length, before);
+  });
+});
+
+@Injectable()
+class OffloadConfig implements OffloadOptionsFactory {
+  constructor(@Inject(Settings) private readonly settings: Settings) {}
+  createOffloadOptions() {
+    return { ...offloadOptions, basePath: `${this.settings.basePath}-from-class` };
+  }
+}
+
+@Module({
+  imports: [SettingsModule],
+  providers: [OffloadConfig],
+  exports: [OffloadConfig],
+})
+class OffloadConfigModule {}
+
+describe('OffloadModule.forRootAsync with useClass or useExisting', () => {
+  const cases: [string, OffloadModuleAsyncOptions][] = [
+    ['useClass', { imports: [SettingsModule], useClass: OffloadConfig }],
+    ['useExisting', { imports: [OffloadConfigModule], useExisting: OffloadConfig }],
+  ];
+  for (const [how, async] of cases) {
+    it(`${how}: the options come from the factory provider`, async () => {
+      const t = await startNestApp({
+        imports: [OffloadModule.forRootAsync(async)],
+        controllers: [ReportsController],
+        providers: [Clock],
+      });
+      try {
+        const res = await postJson(`${t.baseUrl}/reports`, {
+          month: '2026-10',
+          since: '2026-10-01T00:00:00Z',
+        });
+        assert.equal(res.status, 202);
+        const { id, statusUrl } = await res.json();
+        assert.equal(statusUrl, `/tasks-from-class/${id}`);
+        assert.equal((await fetch(`${t.baseUrl}${statusUrl}`)).status, 200);
+      } finally {
+        await t.close();
+      }
+    });
+  }
+
+  it('needs exactly one of useFactory, useClass, useExisting', () => {
+    assert.throws(
+      () => OffloadModule.forRootAsync({}),
+      /exactly one of useFactory, useClass or useExisting\.$/,
+    );
+    assert.throws(
+      () => OffloadModule.forRootAsync({ useClass: OffloadConfig, useFactory: () => ({}) }),
+      /got useFactory and useClass/,
+    );
   });
 });
 
