@@ -1,0 +1,20 @@
+-- recover: jobs whose lease expired go back to the queue (attempt counted), or fail when their
+-- attempts are spent; a job with a cancel requested ends canceled.
+-- ARGV: P, history, batch
+-- Returns how many jobs it touched.
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', P .. ':run', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local err = '{"message":"The worker running the job stopped renewing its lease.","code":"ERR_OFFLOAD_LEASE_EXPIRED"}'
+local touched = 0
+for _, id in ipairs(expired) do
+  local v = redis.call('HMGET', jkey(id), 'status', 'cancelRequested', 'attempts', 'maxAttempts')
+  if v[1] ~= 'running' then
+    redis.call('ZREM', P .. ':run', id)
+  else
+    touched = touched + 1
+    if v[2] == '1' then finish(id, 'canceled', now, nil, nil)
+    elseif tonumber(v[3]) >= tonumber(v[4]) then finish(id, 'failed', now, nil, err)
+    else requeue(id, now, err, now) end
+  end
+end
+return touched

@@ -1,0 +1,435 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Cluster, Redis, RedisOptions } from 'ioredis';
+import type {
+  Broker,
+  CancelOutcome,
+  ClaimRequest,
+  EnqueueInput,
+  EnqueueResult,
+  Lease,
+  ListPage,
+  ListQuery,
+  Unsubscribe,
+} from '../../lib/broker.js';
+import { requireDriver } from '../../lib/broker-url.js';
+import { ConfigError, QueueFullError } from '../../lib/errors.js';
+import {
+  JOB_STATUSES,
+  type JobError,
+  type JobEvent,
+  type JobProgress,
+  type JobRecord,
+  type JobStatus,
+  type Json,
+} from '../../lib/job.js';
+import { decodeCursor, encodeCursor } from '../../lib/list-cursor.js';
+
+export interface RedisBrokerOptions {
+  /**
+   * An ioredis client (`Redis` or `Cluster`) the app already has (yours to close), a URL, or
+   * connection options (the broker makes and closes the client). @defaultValue 'redis://127.0.0.1:6379'
+   */
+  connection?: Redis | Cluster | string | RedisOptions;
+  /** Key prefix. @defaultValue 'offload' */
+  prefix?: string;
+  /**
+   * The queue: every key of it shares one Redis Cluster hash slot (`offload:{jobs}:…`). Apps
+   * that outgrow one slot split their tasks over several queues. @defaultValue 'jobs'
+   */
+  queue?: string;
+  /** Events kept per job for `Last-Event-ID` resume. @defaultValue 100 */
+  historyLimit?: number;
+  /** Log lines kept per job. @defaultValue 100 */
+  logLimit?: number;
+}
+
+type Client = Redis | Cluster;
+
+const SCRIPTS = [
+  'enqueue',
+  'claim',
+  'renew',
+  'progress',
+  'log',
+  'settle',
+  'cancel',
+  'retry',
+  'recover',
+  'purge',
+  'list',
+  'history',
+  'get',
+] as const;
+type ScriptName = (typeof SCRIPTS)[number];
+
+/** The Lua sources, read once per process: the shared prelude, then each script's body. */
+let sources: Record<ScriptName, string> | undefined;
+function loadSources(): Record<ScriptName, string> {
+  if (!sources) {
+    // This file runs from build/adapters/redis/; the .lua files ship in adapters/redis/lua.
+    const dir = join(__dirname, '../../../adapters/redis/lua');
+    const prelude = readFileSync(join(dir, 'prelude.lua'), 'utf8');
+    const out = {} as Record<ScriptName, string>;
+    for (const name of SCRIPTS) out[name] = `${prelude}\n${readFileSync(join(dir, `${name}.lua`), 'utf8')}`;
+    sources = out;
+  }
+  return sources;
+}
+
+/** Who may cancel: `*` anyone; otherwise the owner key the job must have. */
+function ownerKey(owner: string | null): string {
+  return owner === null ? '~' : `=${owner}`;
+}
+
+/**
+ * The production broker: every state change is one Lua script, atomic in Redis; workers and web
+ * processes anywhere share it. Events reach every process through one subscriber connection.
+ */
+export class RedisBroker implements Broker {
+  readonly client: Client;
+  private readonly ownsClient: boolean;
+  private readonly p: string;
+  private readonly countsKey: string;
+  private readonly historyLimit: string;
+  private readonly logLimit: string;
+  private readonly listeners = new Set<(event: JobEvent) => void>();
+  private readonly workListeners = new Set<() => void>();
+  private subscriber: Client | null = null;
+  private subscribing: Promise<void> | null = null;
+  private subscribed = false;
+  private wakeTimer: NodeJS.Timeout | null = null;
+  private wakeAt = Number.POSITIVE_INFINITY;
+  private closed = false;
+
+  constructor(options: RedisBrokerOptions = {}) {
+    const connection = options.connection ?? 'redis://127.0.0.1:6379';
+    if (typeof connection === 'string' || !isClient(connection)) {
+      const IORedis = requireDriver<typeof import('ioredis')>('ioredis', 'the Redis broker').default;
+      this.client =
+        typeof connection === 'string' ? new IORedis(connection) : new IORedis(connection as RedisOptions);
+      this.ownsClient = true;
+    } else {
+      this.client = connection;
+      this.ownsClient = false;
+    }
+    const prefix = options.prefix ?? 'offload';
+    const queue = options.queue ?? 'jobs';
+    if (/[{}]/.test(prefix) || /[{}]/.test(queue))
+      throw new ConfigError('Redis prefix and queue may not contain { or }.');
+    this.p = `${prefix}:{${queue}}`;
+    this.countsKey = `${this.p}:cnt`;
+    this.historyLimit = String(options.historyLimit ?? 100);
+    this.logLimit = String(options.logLimit ?? 100);
+    const lua = loadSources();
+    for (const name of SCRIPTS) {
+      // Defined once per client (brokers may share one); ioredis then sends EVALSHA.
+      if (!(`offload_${name}` in this.client)) {
+        this.client.defineCommand(`offload_${name}`, { numberOfKeys: 1, lua: lua[name] });
+      }
+    }
+  }
+
+  private run(name: ScriptName, ...args: (string | number)[]): Promise<any> {
+    const command = (this.client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[
+      `offload_${name}`
+    ]!;
+    return command.call(this.client, this.countsKey, this.p, this.historyLimit, ...args);
+  }
+
+  async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
+    const idem = input.idempotencyKey
+      ? createHash('sha256')
+          .update(JSON.stringify([input.owner, input.task, input.idempotencyKey]))
+          .digest('base64url')
+      : '';
+    const reply = await this.run(
+      'enqueue',
+      randomUUID(),
+      input.task,
+      JSON.stringify(input.payload),
+      ownerKey(input.owner),
+      input.owner ?? '',
+      input.maxAttempts,
+      input.runAt ?? '',
+      input.expireAt ?? '',
+      input.timeoutMs ?? '',
+      idem,
+      input.idempotencyKey ?? '',
+      input.payloadHash ?? '',
+      input.maxQueued ?? '',
+    );
+    if (reply[0] === -1) throw new QueueFullError(input.maxQueued!);
+    // Published as well; until this process's subscriber is up, its own workers are told here.
+    if (input.runAt !== undefined && input.runAt > Date.now()) this.armWake(input.runAt);
+    else if (!this.subscribed) this.notifyWork();
+    return { job: toRecord(reply[1]), created: reply[0] === 1 };
+  }
+
+  async claim(request: ClaimRequest): Promise<Lease[]> {
+    if (request.tasks.length === 0 || request.limit < 1) return [];
+    const reply: unknown[] = await this.run('claim', request.leaseMs, request.limit, ...request.tasks);
+    const leases: Lease[] = [];
+    for (let i = 1; i < reply.length; i += 2) {
+      leases.push({ token: String(reply[i]), job: toRecord(reply[i + 1] as string[]) });
+    }
+    // The earliest job not yet due: wake this process's workers then, not at the next poll.
+    if (reply[0] !== '') this.armWake(Number(reply[0]));
+    return leases;
+  }
+
+  async renew(jobId: string, token: string, leaseMs: number): Promise<{ cancelRequested: boolean } | null> {
+    const reply = await this.run('renew', jobId, token, leaseMs);
+    return reply === null ? null : { cancelRequested: reply === '1' };
+  }
+
+  async progress(jobId: string, token: string, progress: JobProgress): Promise<boolean> {
+    return (await this.run('progress', jobId, token, JSON.stringify(progress))) === 1;
+  }
+
+  async log(jobId: string, token: string, line: string): Promise<boolean> {
+    return (await this.run('log', jobId, token, line, this.logLimit)) === 1;
+  }
+
+  async complete(jobId: string, token: string, result: Json): Promise<boolean> {
+    return this.settle(jobId, token, 'complete', JSON.stringify(result ?? null), '');
+  }
+
+  async fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
+    const done = await this.settle(jobId, token, 'fail', JSON.stringify(error), retryAt ?? '');
+    // The wake-up is published too, but a subscriber still connecting would miss it.
+    if (done && retryAt !== undefined && retryAt > Date.now()) this.armWake(retryAt);
+    return done;
+  }
+
+  acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
+    return this.settle(jobId, token, 'cancel', '', '');
+  }
+
+  release(jobId: string, token: string): Promise<boolean> {
+    return this.settle(jobId, token, 'release', '', '');
+  }
+
+  private async settle(
+    jobId: string,
+    token: string,
+    outcome: string,
+    value: string,
+    retryAt: number | '',
+  ): Promise<boolean> {
+    return (await this.run('settle', jobId, token, outcome, value, retryAt)) === 1;
+  }
+
+  async cancel(
+    jobId: string,
+    owner?: string | null,
+  ): Promise<{ outcome: CancelOutcome; job: JobRecord | null }> {
+    const reply = await this.run('cancel', jobId, owner === undefined ? '*' : ownerKey(owner));
+    return { outcome: reply[0] as CancelOutcome, job: reply[1] ? toRecord(reply[1]) : null };
+  }
+
+  async retry(jobId: string): Promise<JobRecord | null> {
+    const reply = await this.run('retry', jobId);
+    return reply ? toRecord(reply) : null;
+  }
+
+  async get(jobId: string): Promise<JobRecord | null> {
+    const reply = await this.run('get', jobId);
+    return reply ? toRecord(reply) : null;
+  }
+
+  async list(query: ListQuery): Promise<ListPage> {
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    const reply: string[][] = await this.run(
+      'list',
+      query.owner === undefined ? 'all' : `o:${ownerKey(query.owner)}`,
+      query.status ?? '',
+      query.task ?? '',
+      query.limit,
+      after ? after.createdAt : '',
+      after ? after.id : '',
+    );
+    const jobs = reply.slice(0, query.limit).map(toRecord);
+    const last = jobs[jobs.length - 1];
+    return { jobs, nextCursor: reply.length > query.limit && last ? encodeCursor(last) : null };
+  }
+
+  async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
+    const reply = await this.run('history', jobId);
+    if (!reply) return null;
+    const seq = Number(reply[0]);
+    if (afterSeq >= seq) return [];
+    const events = (reply[1] as string[]).map((e) => JSON.parse(e) as JobEvent);
+    const first = events[0];
+    if (!first || first.seq > afterSeq + 1) return null;
+    return events.filter((e) => e.seq > afterSeq);
+  }
+
+  async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    this.listeners.add(listener);
+    await this.ensureSubscriber();
+    return () => this.listeners.delete(listener);
+  }
+
+  onWork(listener: () => void): Unsubscribe {
+    this.workListeners.add(listener);
+    this.ensureSubscriber().catch(() => {
+      // The worker polls as a backstop; the subscriber reconnects by itself.
+    });
+    return () => this.workListeners.delete(listener);
+  }
+
+  async recover(): Promise<number> {
+    let touched = 0;
+    for (;;) {
+      const n = Number(await this.run('recover', 500));
+      touched += n;
+      if (n < 500) return touched;
+    }
+  }
+
+  async purge(before: number): Promise<number> {
+    let purged = 0;
+    for (;;) {
+      const n = Number(await this.run('purge', before, 500));
+      purged += n;
+      if (n < 500) return purged;
+    }
+  }
+
+  async counts(): Promise<Record<JobStatus, number>> {
+    const raw = await this.client.hgetall(this.countsKey);
+    const out = {} as Record<JobStatus, number>;
+    for (const status of JOB_STATUSES) out[status] = Number(raw[status] ?? 0);
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.listeners.clear();
+    this.workListeners.clear();
+    const subscriber = this.subscriber;
+    this.subscriber = null;
+    await Promise.all([
+      subscriber?.quit().catch(() => subscriber.disconnect()),
+      this.ownsClient ? this.client.quit().catch(() => this.client.disconnect()) : undefined,
+    ]);
+  }
+
+  /** One subscriber connection per broker, for job events and wake-ups alike. */
+  private ensureSubscriber(): Promise<void> {
+    if (!this.subscribing) {
+      const subscriber = this.client.duplicate();
+      this.subscriber = subscriber;
+      const events = `${this.p}:events`;
+      const work = `${this.p}:work`;
+      subscriber.on('message', (channel: string, message: string) => {
+        if (channel === work) {
+          // The message is when the job comes due: now, or later (a delay, a retry's backoff).
+          const at = Number(message);
+          if (at > Date.now()) this.armWake(at);
+          else this.notifyWork();
+          return;
+        }
+        if (channel !== events || this.listeners.size === 0) return;
+        let event: JobEvent;
+        try {
+          event = JSON.parse(message) as JobEvent;
+        } catch {
+          return;
+        }
+        for (const listener of this.listeners) listener(event);
+      });
+      this.subscribing = subscriber.subscribe(events, work).then(
+        () => {
+          this.subscribed = true;
+        },
+        (err) => {
+          this.subscribing = null;
+          throw err;
+        },
+      );
+    }
+    return this.subscribing;
+  }
+
+  private notifyWork(): void {
+    for (const listener of this.workListeners) listener();
+  }
+
+  private armWake(at: number): void {
+    if (this.closed || at >= this.wakeAt) return;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(
+      () => {
+        this.wakeTimer = null;
+        this.wakeAt = Number.POSITIVE_INFINITY;
+        this.notifyWork();
+      },
+      Math.max(0, at - Date.now()),
+    );
+    this.wakeTimer.unref();
+  }
+}
+
+function isClient(value: object): value is Client {
+  return typeof (value as { defineCommand?: unknown }).defineCommand === 'function';
+}
+
+const NUMBER_FIELDS = new Set([
+  'attempts',
+  'maxAttempts',
+  'runAt',
+  'createdAt',
+  'startedAt',
+  'finishedAt',
+  'expireAt',
+  'timeoutMs',
+  'seq',
+]);
+const JSON_FIELDS = new Set(['payload', 'progress', 'result', 'error', 'logs']);
+
+/** A job record from the script's HGETALL pairs. */
+function toRecord(pairs: string[]): JobRecord {
+  const raw: Record<string, string> = {};
+  for (let i = 0; i < pairs.length; i += 2) raw[pairs[i]!] = pairs[i + 1]!;
+  const field = (name: string): unknown => {
+    const value = raw[name];
+    if (value === undefined) return null;
+    if (NUMBER_FIELDS.has(name)) return Number(value);
+    if (JSON_FIELDS.has(name)) return JSON.parse(value);
+    return value;
+  };
+  return {
+    id: raw.id!,
+    task: raw.task!,
+    payload: field('payload') as Json,
+    status: raw.status as JobStatus,
+    progress: field('progress') as JobProgress | null,
+    result: field('result') as Json,
+    error: field('error') as JobError | null,
+    attempts: Number(raw.attempts),
+    maxAttempts: Number(raw.maxAttempts),
+    runAt: Number(raw.runAt),
+    createdAt: Number(raw.createdAt),
+    startedAt: field('startedAt') as number | null,
+    finishedAt: field('finishedAt') as number | null,
+    expireAt: field('expireAt') as number | null,
+    timeoutMs: field('timeoutMs') as number | null,
+    owner: raw.owner ?? null,
+    idempotencyKey: raw.idempotencyKey ?? null,
+    payloadHash: raw.payloadHash ?? null,
+    cancelRequested: raw.cancelRequested === '1',
+    seq: Number(raw.seq),
+    logs: (field('logs') as string[] | null) ?? [],
+  };
+}
+
+/** `BROKER_URL=redis://…` (or `rediss://`): the URL goes to ioredis as it is. */
+export function fromUrl(url: string): RedisBroker {
+  return new RedisBroker({ connection: url });
+}

@@ -1,0 +1,32 @@
+import { randomUUID } from 'node:crypto';
+import { after } from 'node:test';
+import { Redis } from 'ioredis';
+import { RedisBroker } from '../../adapters/redis/redis.broker.js';
+import { brokerConformance } from '../conformance/broker.conformance.js';
+
+/** The machine's Redis; each broker gets its own prefix, deleted after the test. */
+const REDIS_URL = process.env.OFFLOAD_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+const admin = new Redis(REDIS_URL);
+after(() => admin.quit());
+
+async function deletePrefix(prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length) await admin.del(...keys);
+  } while (cursor !== '0');
+}
+
+const prefixes = new WeakMap<RedisBroker, string>();
+
+brokerConformance(
+  'RedisBroker',
+  () => {
+    const prefix = `offload-test-${randomUUID().slice(0, 8)}`;
+    const broker = new RedisBroker({ connection: REDIS_URL, prefix });
+    prefixes.set(broker, prefix);
+    return broker;
+  },
+  { cleanup: (broker) => deletePrefix(prefixes.get(broker as RedisBroker)!) },
+);
