@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemoryBroker } from '../../adapters/memory/memory.broker.js';
+import { RedisBroker } from '../../adapters/redis/redis.broker.js';
 import { requireDriver, resolveBroker } from '../../lib/broker-url.js';
 import { ConfigError, MissingDriverError } from '../../lib/errors.js';
 
@@ -13,6 +14,25 @@ describe('resolveBroker', () => {
   it('builds a MemoryBroker from memory:', () => {
     assert.ok(resolveBroker('memory:') instanceof MemoryBroker);
     assert.ok(resolveBroker('MEMORY:') instanceof MemoryBroker);
+  });
+
+  it('builds a RedisBroker from redis://, with the database and options of the URL', async () => {
+    const broker = resolveBroker('redis://127.0.0.1:6379/3');
+    try {
+      assert.ok(broker instanceof RedisBroker);
+      const { db, port } = (broker as RedisBroker).client.options as { db: number; port: number };
+      assert.equal(db, 3);
+      assert.equal(port, 6379);
+      assert.deepEqual(await broker.counts(), {
+        queued: 0,
+        running: 0,
+        succeeded: 0,
+        failed: 0,
+        canceled: 0,
+      });
+    } finally {
+      await broker.close();
+    }
   });
 
   it('rejects an unknown scheme with the list of known ones, without leaking credentials', () => {

@@ -79,6 +79,23 @@ describe('the built package, as a consumer loads it', () => {
     assert.equal(esm, 'true true');
   });
 
+  it('offload/redis from CommonJS and ESM, with its Lua scripts', () => {
+    const cjs = run(
+      'redis.cjs',
+      `const { RedisBroker } = require('offload/redis');
+       const b = new RedisBroker({ prefix: 'offload-exports-test' });
+       b.counts().then((c) => { console.log(typeof RedisBroker, c.queued); return b.close(); });`,
+    );
+    assert.equal(cjs, 'function 0');
+    const esm = run(
+      'redis.mjs',
+      `import { RedisBroker } from 'offload/redis';
+       import { createRequire } from 'node:module';
+       console.log(RedisBroker === createRequire(import.meta.url)('offload/redis').RedisBroker);`,
+    );
+    assert.equal(esm, 'true');
+  });
+
   it('exposes only the declared entry points', () => {
     assert.throws(
       () => run('deep.cjs', `require('offload/build/lib/worker.js')`),
