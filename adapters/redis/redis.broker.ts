@@ -64,6 +64,9 @@ const SCRIPTS = [
 ] as const;
 type ScriptName = (typeof SCRIPTS)[number];
 
+/** Scripts a client request waits on (submit, status, cancel, list, SSE resume). */
+const FAIL_FAST: ReadonlySet<ScriptName> = new Set(['enqueue', 'cancel', 'retry', 'get', 'list', 'history']);
+
 /** The Lua sources, read once per process: the shared prelude, then each script's body. */
 let sources: Record<ScriptName, string> | undefined;
 function loadSources(): Record<ScriptName, string> {
@@ -102,6 +105,8 @@ export class RedisBroker implements Broker {
   private wakeTimer: NodeJS.Timeout | null = null;
   private wakeAt = Number.POSITIVE_INFINITY;
   private closed = false;
+  /** Connected once: until then, commands queue while the first connection comes up. */
+  private wasReady = false;
 
   constructor(options: RedisBrokerOptions = {}) {
     const connection = options.connection ?? 'redis://127.0.0.1:6379';
@@ -114,6 +119,11 @@ export class RedisBroker implements Broker {
       this.client = connection;
       this.ownsClient = false;
     }
+    if (this.client.status === 'ready') this.wasReady = true;
+    else this.client.once('ready', () => (this.wasReady = true));
+    // ioredis reports every failed reconnect as an 'error' event; unhandled, each one prints a
+    // stack. The broker's calls fail (and answer 503) on their own.
+    if (this.ownsClient) this.client.on('error', () => {});
     const prefix = options.prefix ?? 'offload';
     const queue = options.queue ?? 'jobs';
     if (/[{}]/.test(prefix) || /[{}]/.test(queue))
@@ -132,6 +142,12 @@ export class RedisBroker implements Broker {
   }
 
   private run(name: ScriptName, ...args: (string | number)[]): Promise<any> {
+    // A client's request must not wait in ioredis's offline queue while Redis is away: it would
+    // outlive its 503 and run when Redis returns (a job stored twice once the client retries).
+    // Worker writes (complete, renew...) do wait: run late, they keep finished work finished.
+    if (this.wasReady && FAIL_FAST.has(name) && this.client.status !== 'ready') {
+      return Promise.reject(new Error(`Redis is not connected (${this.client.status}).`));
+    }
     const command = (this.client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[
       `offload_${name}`
     ]!;
@@ -144,6 +160,8 @@ export class RedisBroker implements Broker {
           .update(JSON.stringify([input.owner, input.task, input.idempotencyKey]))
           .digest('base64url')
       : '';
+    // Read before sending: a subscription confirmed by then is sure to see this enqueue's PUBLISH.
+    const subscribed = this.subscribed;
     const reply = await this.run(
       'enqueue',
       randomUUID(),
@@ -163,7 +181,7 @@ export class RedisBroker implements Broker {
     if (reply[0] === -1) throw new QueueFullError(input.maxQueued!);
     // Published as well; until this process's subscriber is up, its own workers are told here.
     if (input.runAt !== undefined && input.runAt > Date.now()) this.armWake(input.runAt);
-    else if (!this.subscribed) this.notifyWork();
+    else if (!subscribed) this.notifyWork();
     return { job: toRecord(reply[1]), created: reply[0] === 1 };
   }
 
@@ -323,6 +341,7 @@ export class RedisBroker implements Broker {
   private ensureSubscriber(): Promise<void> {
     if (!this.subscribing) {
       const subscriber = this.client.duplicate();
+      subscriber.on('error', () => {});
       this.subscriber = subscriber;
       const events = `${this.p}:events`;
       const work = `${this.p}:work`;

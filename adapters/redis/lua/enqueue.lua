@@ -4,6 +4,9 @@
 --       payloadHash, maxQueued ('')
 -- Returns {1, record} created, {0, record} replayed, {-1} queue full.
 local id, task, payload, owner_key, owner = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+-- Ids are fresh UUIDs: an existing one means this very command again (ioredis resends a command
+-- whose reply a dropped connection lost). Persisting it twice would reset a job that already ran.
+if redis.call('EXISTS', jkey(id)) == 1 then return { 1, record(id) } end
 local idem = ARGV[12]
 if idem ~= '' then
   local existing = redis.call('GET', P .. ':i:' .. idem)
