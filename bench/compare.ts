@@ -207,7 +207,7 @@ export async function compare(argv: string[], c: Comparison): Promise<number> {
 }
 
 /** Share of all cores' time spent busy over `ms` (before any server runs: someone else's load). */
-async function machineBusy(ms: number): Promise<number> {
+export async function machineBusy(ms: number): Promise<number> {
   const sample = () =>
     cpus().reduce(
       (acc, { times }) => {
