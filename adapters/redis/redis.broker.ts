@@ -162,11 +162,13 @@ export class RedisBroker implements Broker {
       : '';
     // Read before sending: a subscription confirmed by then is sure to see this enqueue's PUBLISH.
     const subscribed = this.subscribed;
+    const id = randomUUID();
+    const payload = JSON.stringify(input.payload);
     const reply = await this.run(
       'enqueue',
-      randomUUID(),
+      id,
       input.task,
-      JSON.stringify(input.payload),
+      payload,
       ownerKey(input.owner),
       input.owner ?? '',
       input.maxAttempts,
@@ -179,10 +181,35 @@ export class RedisBroker implements Broker {
       input.maxQueued ?? '',
     );
     if (reply[0] === -1) throw new QueueFullError(input.maxQueued!);
+    if (reply[0] === 0) return { job: toRecord(reply[1]), created: false };
+    // Created: the record is what was sent, stamped with the server's times (no read back).
+    const job: JobRecord = {
+      id,
+      task: input.task,
+      payload: JSON.parse(payload) as Json,
+      status: 'queued',
+      progress: null,
+      result: null,
+      error: null,
+      attempts: 0,
+      maxAttempts: input.maxAttempts,
+      runAt: Number(reply[2]),
+      createdAt: Number(reply[1]),
+      startedAt: null,
+      finishedAt: null,
+      expireAt: input.expireAt ?? null,
+      timeoutMs: input.timeoutMs ?? null,
+      owner: input.owner,
+      idempotencyKey: input.idempotencyKey || null,
+      payloadHash: input.payloadHash || null,
+      cancelRequested: false,
+      seq: 1,
+      logs: [],
+    };
     // Published as well; until this process's subscriber is up, its own workers are told here.
     if (input.runAt !== undefined && input.runAt > Date.now()) this.armWake(input.runAt);
     else if (!subscribed) this.notifyWork();
-    return { job: toRecord(reply[1]), created: reply[0] === 1 };
+    return { job, created: true };
   }
 
   async claim(request: ClaimRequest): Promise<Lease[]> {
@@ -310,9 +337,9 @@ export class RedisBroker implements Broker {
   async purge(before: number): Promise<number> {
     let purged = 0;
     for (;;) {
-      const n = Number(await this.run('purge', before, 500));
+      const n = Number(await this.run('purge', before, 100));
       purged += n;
-      if (n < 500) return purged;
+      if (n < 100) return purged;
     }
   }
 

@@ -2,11 +2,15 @@
 -- ARGV: P, history, id, task, payload, owner key suffix, owner ('' when null), maxAttempts,
 --       runAt ('' = now), expireAt (''), timeoutMs (''), idempotency hash (''), idempotencyKey,
 --       payloadHash, maxQueued ('')
--- Returns {1, record} created, {0, record} replayed, {-1} queue full.
+-- Returns {1, createdAt, runAt} created (the caller knows the rest), {0, record} replayed,
+-- {-1} queue full.
 local id, task, payload, owner_key, owner = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 -- Ids are fresh UUIDs: an existing one means this very command again (ioredis resends a command
 -- whose reply a dropped connection lost). Persisting it twice would reset a job that already ran.
-if redis.call('EXISTS', jkey(id)) == 1 then return { 1, record(id) } end
+if redis.call('EXISTS', jkey(id)) == 1 then
+  local v = redis.call('HMGET', jkey(id), 'createdAt', 'runAt')
+  return { 1, v[1], v[2] }
+end
 local idem = ARGV[12]
 if idem ~= '' then
   local existing = redis.call('GET', P .. ':i:' .. idem)
@@ -24,8 +28,9 @@ redis.call('HSET', k, 'id', id, 'task', task, 'payload', payload, 'status', 'que
 if owner_key ~= '~' then redis.call('HSET', k, 'owner', owner) end
 if ARGV[10] ~= '' then redis.call('HSET', k, 'expireAt', ARGV[10]) end
 if ARGV[11] ~= '' then redis.call('HSET', k, 'timeoutMs', ARGV[11]) end
+if ARGV[14] ~= '' then redis.call('HSET', k, 'payloadHash', ARGV[14]) end
 if idem ~= '' then
-  redis.call('HSET', k, 'idem', idem, 'idempotencyKey', ARGV[13], 'payloadHash', ARGV[14])
+  redis.call('HSET', k, 'idem', idem, 'idempotencyKey', ARGV[13])
   redis.call('SET', P .. ':i:' .. idem, id)
 end
 redis.call('ZADD', P .. ':all', now, id)
@@ -34,4 +39,4 @@ count(nil, 'queued')
 schedule(id, task, run_at, now)
 emit(id, '"type":"status","status":"queued","attempts":0', now)
 redis.call('PUBLISH', P .. ':work', run_at)
-return { 1, record(id) }
+return { 1, tostring(now), tostring(run_at) }

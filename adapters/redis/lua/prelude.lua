@@ -29,8 +29,7 @@ local function emit(id, body, now)
   local seq = redis.call('HINCRBY', jkey(id), 'seq', 1)
   local event = '{"jobId":"' .. id .. '","seq":' .. seq .. ',"at":' .. now .. ',' .. body .. '}'
   local history = P .. ':e:' .. id
-  redis.call('RPUSH', history, event)
-  redis.call('LTRIM', history, -HISTORY, -1)
+  if redis.call('RPUSH', history, event) > HISTORY then redis.call('LTRIM', history, -HISTORY, -1) end
   redis.call('PUBLISH', P .. ':events', event)
 end
 
