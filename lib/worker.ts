@@ -200,6 +200,10 @@ export class Worker {
   private async loop(): Promise<void> {
     let failures = 0;
     while (!this.stopping) {
+      // Runs that end together (their writes answered in one read from the broker) free their
+      // slots in the same turn: wait for the turn to end, then claim them all in one call.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (this.stopping) break;
       const free = this.config.concurrency - this.runs.size;
       const tasks = this.config.tasks.length ? this.config.tasks : this.registry.names();
       if (free <= 0 || tasks.length === 0) {
