@@ -11,6 +11,7 @@ import { silentLogger } from '../../lib/logger.js';
 import { Offload } from '../../lib/offload.js';
 import { openSse, postJson, type SseEvent } from '../helpers/create-server.js';
 import { eventually, sleep } from '../helpers/eventually.js';
+import { deletePrefix as deleteKeys } from '../helpers/redis-server.js';
 
 /** The machine's Redis; each describe block gets its own prefix, deleted after it. */
 const REDIS_URL = process.env.OFFLOAD_TEST_REDIS ?? 'redis://127.0.0.1:6379';
@@ -20,14 +21,7 @@ const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
 const admin = new Redis(REDIS_URL);
 after(() => admin.quit());
 
-async function deletePrefix(prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length) await admin.del(...keys);
-  } while (cursor !== '0');
-}
+const deletePrefix = (prefix: string) => deleteKeys(admin, prefix);
 
 /** Every child this file starts, so `after` can kill whatever is left, also when a test failed. */
 const children = new Set<Child>();

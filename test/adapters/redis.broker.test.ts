@@ -3,20 +3,14 @@ import { after } from 'node:test';
 import { Redis } from 'ioredis';
 import { RedisBroker } from '../../adapters/redis/redis.broker.js';
 import { brokerConformance } from '../conformance/broker.conformance.js';
+import { deletePrefix as deleteKeys } from '../helpers/redis-server.js';
 
 /** The machine's Redis; each broker gets its own prefix, deleted after the test. */
 const REDIS_URL = process.env.OFFLOAD_TEST_REDIS ?? 'redis://127.0.0.1:6379';
 const admin = new Redis(REDIS_URL);
 after(() => admin.quit());
 
-async function deletePrefix(prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length) await admin.del(...keys);
-  } while (cursor !== '0');
-}
+const deletePrefix = (prefix: string) => deleteKeys(admin, prefix);
 
 const prefixes = new WeakMap<RedisBroker, string>();
 

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
 
 export interface RedisServerOptions {
   /** AOF persistence, so data survives `kill()` + `restart()`. @defaultValue false */
@@ -264,4 +265,14 @@ export async function startCluster(count = 3): Promise<RedisCluster> {
     throw err;
   }
   return { nodes, startupNodes: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })), stop };
+}
+
+/** Delete every key under `prefix` (a test's own keys on a shared Redis). */
+export async function deletePrefix(client: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length) await client.del(...keys);
+  } while (cursor !== '0');
 }
