@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   alternate,
   type Contender,
-  median,
+  pairedRatios,
   parseFlags,
   type RequestSpec,
   type ServerProcess,
@@ -131,14 +131,7 @@ export async function compare(argv: string[], c: Comparison): Promise<number> {
     const base = a!;
     const off = b!;
 
-    // Each offload round against the anchor round just before it: the machine's speed drifts
-    // (other tenants, CPU steal) more between rounds far apart than between neighbours, so the
-    // median of these paired ratios is steadier than a ratio of two medians.
-    const pairs = base.rounds.map((r, i) => off.rounds[i]!.rps / r.rps);
-    const cpuPairs = base.rounds.map((r, i) => r.cpuUsPerReq / off.rounds[i]!.cpuUsPerReq);
-    const ratio = Number(median(pairs).toFixed(3));
-    const cpuRatio = Number(median(cpuPairs).toFixed(3));
-    const range = (xs: number[]) => `${Math.min(...xs).toFixed(3)} to ${Math.max(...xs).toFixed(3)}`;
+    const { pairs, ratio, cpuRatio, range, cpuRange } = pairedRatios(base, off);
     console.log('');
     const row = (title: string, s: Summary) => [
       title,
@@ -159,11 +152,11 @@ export async function compare(argv: string[], c: Comparison): Promise<number> {
     );
     console.log('');
     console.log(
-      `ratio ${c.offload.label}/${c.anchor.label}: ${ratio}  (median of the ${pairs.length} round pairs, ${range(pairs)}; ` +
+      `ratio ${c.offload.label}/${c.anchor.label}: ${ratio}  (median of the ${pairs.length} round pairs, ${range}; ` +
         '1.0 = offload costs nothing; the target is >= 0.9)',
     );
     console.log(
-      `cpu ratio ${c.anchor.label}/${c.offload.label}: ${cpuRatio}  (${range(cpuPairs)}; the same comparison from the ` +
+      `cpu ratio ${c.anchor.label}/${c.offload.label}: ${cpuRatio}  (${cpuRange}; the same comparison from the ` +
         "servers' CPU time per request; it holds even when something else loads the machine)",
     );
     console.log(

@@ -213,6 +213,24 @@ export interface Summary {
 }
 
 /**
+ * Each round of `off` against the `base` round just before it: the machine's speed drifts (other
+ * tenants, CPU steal) more between rounds far apart than between neighbours, so the median of
+ * these paired ratios is steadier than a ratio of two medians. `cpuRatio` is base ÷ off.
+ */
+export function pairedRatios(base: Summary, off: Summary) {
+  const pairs = base.rounds.map((r, i) => off.rounds[i]!.rps / r.rps);
+  const cpuPairs = base.rounds.map((r, i) => r.cpuUsPerReq / off.rounds[i]!.cpuUsPerReq);
+  const range = (xs: number[]) => `${Math.min(...xs).toFixed(3)} to ${Math.max(...xs).toFixed(3)}`;
+  return {
+    pairs,
+    ratio: Number(median(pairs).toFixed(3)),
+    cpuRatio: Number(median(cpuPairs).toFixed(3)),
+    range: range(pairs),
+    cpuRange: range(cpuPairs),
+  };
+}
+
+/**
  * A warm-up per contender, then rounds that alternate A, B, A, B, ... so drift (thermal,
  * other load, GC state) hits every side alike; each figure is the median of its rounds.
  */

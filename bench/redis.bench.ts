@@ -10,6 +10,7 @@ import {
   alternate,
   type Contender,
   median,
+  pairedRatios,
   parseFlags,
   type RequestSpec,
   type ServerProcess,
@@ -666,11 +667,7 @@ async function httpPhase(
     const [b, o] = await alternate([contender(bull), contender(off)], plan);
     const base = b!;
     const offl = o!;
-    const pairs = base.rounds.map((r, i) => offl.rounds[i]!.rps / r.rps);
-    const cpuPairs = base.rounds.map((r, i) => r.cpuUsPerReq / offl.rounds[i]!.cpuUsPerReq);
-    const ratio = Number(median(pairs).toFixed(3));
-    const cpuRatio = Number(median(cpuPairs).toFixed(3));
-    const range = (xs: number[]) => `${Math.min(...xs).toFixed(3)} to ${Math.max(...xs).toFixed(3)}`;
+    const { pairs, ratio, cpuRatio, range, cpuRange } = pairedRatios(base, offl);
     const row = (title: string, s: Summary) => [
       title,
       String(Math.round(s.rps)),
@@ -690,11 +687,9 @@ async function httpPhase(
       ]),
     );
     console.log('');
+    console.log(`http ratio offload/bullmq: ${ratio}  (median of the ${pairs.length} round pairs, ${range})`);
     console.log(
-      `http ratio offload/bullmq: ${ratio}  (median of the ${pairs.length} round pairs, ${range(pairs)})`,
-    );
-    console.log(
-      `http cpu ratio bullmq/offload: ${cpuRatio}  (${range(cpuPairs)}; server CPU per request, job run included)`,
+      `http cpu ratio bullmq/offload: ${cpuRatio}  (${cpuRange}; server CPU per request, job run included)`,
     );
     for (const s of [base, offl]) {
       if (s.unexpected || s.errors)
