@@ -190,10 +190,7 @@ export class BackgroundMethod {
             value.push(payload[i]);
             continue;
           }
-          const checked = await slot.check(payload[i]!);
-          value.push(checked.value);
-          for (const e of checked.errors ?? [])
-            errors.push({ field: slot.field(e.field), messages: e.messages });
+          value.push(await checkSlot(slot, slot.check, payload[i]!, errors));
         }
         return { errors: errors.length ? errors : null, value };
       },
@@ -219,10 +216,9 @@ export class BackgroundMethod {
     for (let i = 0; i < this.slots.length; i++) {
       const slot = this.slots[i]!;
       if (!slot.check || (slot.dto && args[slot.index] instanceof slot.dto)) continue;
-      const checked = await slot.check(values[i]!);
-      for (const e of checked.errors ?? []) errors.push({ field: slot.field(e.field), messages: e.messages });
-      if (checked.value !== values[i]) {
-        values[i] = checked.value as Json;
+      const value = await checkSlot(slot, slot.check, values[i]!, errors);
+      if (value !== values[i]) {
+        values[i] = value as Json;
         changed = true;
       }
     }
@@ -268,11 +264,17 @@ export class BackgroundMethod {
       // Query strings and path parameters are text: a pipe passes `?page=2` to an `@IsInt()`
       // only by converting it, so they are checked converted; body fields as sent.
       const check = slot.source === 'body' ? slot.requestCheck : (slot.check ?? slot.requestCheck);
-      const { errors: found } = await check(raw as Json);
-      for (const e of found ?? []) errors.push({ field: slot.field(e.field), messages: e.messages });
+      await checkSlot(slot, check, raw as Json, errors);
     }
     return errors;
   }
+}
+
+/** Run one argument's check; its field errors, named after the argument, go to `errors`. */
+async function checkSlot(slot: Slot, check: Check, value: Json, errors: FieldError[]): Promise<unknown> {
+  const checked = await check(value);
+  for (const e of checked.errors ?? []) errors.push({ field: slot.field(e.field), messages: e.messages });
+  return checked.value;
 }
 
 function notSerialisable(label: string, decorator: string, index: number): ConfigError {
