@@ -58,17 +58,19 @@ end
 
 local function finish(id, status, now, result, err)
   local k = jkey(id)
-  count(redis.call('HGET', k, 'status'), status)
-  redis.call('HSET', k, 'status', status, 'finishedAt', now, 'cancelRequested', '0')
+  -- One read and one write of the hash: this runs for every job that ends.
+  local v = redis.call('HMGET', k, 'status', 'attempts', 'result', 'error')
+  count(v[1], status)
+  local fields = { 'status', status, 'finishedAt', now, 'cancelRequested', '0' }
+  if result then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
+  if err then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
+  redis.call('HSET', k, unpack(fields))
   redis.call('HDEL', k, 'token', 'leaseUntil')
-  if result then redis.call('HSET', k, 'result', result) end
-  if err then redis.call('HSET', k, 'error', err) end
   redis.call('ZREM', P .. ':run', id)
   redis.call('ZADD', P .. ':fin', now, id)
-  local v = redis.call('HMGET', k, 'attempts', 'result', 'error')
-  local r, e = 'null', v[3] or 'null'
-  if status == 'succeeded' then r, e = v[2] or 'null', 'null' end
-  emit(id, '"type":"status","status":"' .. status .. '","attempts":' .. v[1] .. ',"result":' .. r .. ',"error":' .. e, now)
+  local r, e = 'null', err or v[4] or 'null'
+  if status == 'succeeded' then r, e = result or v[3] or 'null', 'null' end
+  emit(id, '"type":"status","status":"' .. status .. '","attempts":' .. v[2] .. ',"result":' .. r .. ',"error":' .. e, now)
 end
 
 -- Back to queued (retry, lost lease, release): `err` is the job's error from now on ('null' clears it).
