@@ -67,6 +67,14 @@ export interface Broker {
   acknowledgeCancel(jobId: string, token: string): Promise<boolean>;
 
   /**
+   * End a run as `complete`, `fail` or `acknowledgeCancel` would, then claim as `claim(next)`
+   * would (also when the token was not current: the caller's slot is free either way), in one
+   * step. A busy worker refills the slot a run frees without a call of its own. `next.limit` 0
+   * claims nothing.
+   */
+  settle(jobId: string, token: string, outcome: RunOutcome, next: ClaimRequest): Promise<SettleResult>;
+
+  /**
    * Hand a running job back to the queue without counting the attempt (graceful shutdown).
    * A job whose cancel was requested ends `canceled` instead. Holder only.
    */
@@ -75,7 +83,7 @@ export interface Broker {
   /**
    * Cancel a job, atomically with respect to claim: a queued job ends `canceled` at once
    * (`'canceled'`); a running job is flagged and a `cancel` event tells its worker
-   * (`'requested'`); a finished job is left alone (`'finished'`); `'not-found'` otherwise.
+   * (`'requested'`) and so are `onCancel` listeners; a finished job is left alone (`'finished'`); `'not-found'` otherwise.
    * `owner`, when given (also `null`), must match the job's owner or the job is not found.
    */
   cancel(jobId: string, owner?: string | null): Promise<{ outcome: CancelOutcome; job: JobRecord | null }>;
@@ -107,6 +115,12 @@ export interface Broker {
    * Polling remains the worker's backstop; a wake-up is a hint, never a promise of work.
    */
   onWork(listener: () => void): Unsubscribe;
+
+  /**
+   * Be told the id of a running job whose cancel was just requested (workers stop its run),
+   * without receiving every job's events. A hint as well: `renew` reports the request too.
+   */
+  onCancel(listener: (jobId: string) => void): Unsubscribe;
 
   /**
    * Re-queue (attempt counted) or fail (attempts spent, code `ERR_OFFLOAD_LEASE_EXPIRED`) every
@@ -155,6 +169,19 @@ export interface ClaimRequest {
   leaseMs: number;
   /** For logs and diagnostics only. */
   workerId: string;
+}
+
+/** How a run ended, for `settle`. */
+export type RunOutcome =
+  | { type: 'complete'; result: Json }
+  | { type: 'fail'; error: JobError; retryAt?: number }
+  | { type: 'cancel' };
+
+export interface SettleResult {
+  /** What `complete`, `fail` or `acknowledgeCancel` would have returned. */
+  accepted: boolean;
+  /** The claim's leases. */
+  leases: Lease[];
 }
 
 export interface Lease {

@@ -5,13 +5,12 @@ type Listener = (event: JobEvent) => void;
 
 /**
  * One broker subscription per process, fanned out to local listeners by job id
- * (SSE streams, `Prefer: wait` requests, workers watching for a cancel).
+ * (SSE streams, `Prefer: wait` requests). Workers hear cancels from `Broker.onCancel`.
  * The subscription opens with the first listener and stays open until `close()`: reopening it
  * for every short-lived listener would churn connections on networked brokers.
  */
 export class JobEvents {
   private readonly byJob = new Map<string, Set<Listener>>();
-  private readonly all = new Set<Listener>();
   private subscription: Promise<Unsubscribe> | null = null;
   private size = 0;
 
@@ -29,17 +28,6 @@ export class JobEvents {
     }
     set.add(listener);
     return this.attached(() => this.remove(jobId, listener));
-  }
-
-  /**
-   * Listen to the events of every job: one listener where per-job listeners would churn
-   * (the worker watching all its runs for a cancel).
-   */
-  listenAll(listener: Listener): Promise<Unsubscribe> {
-    this.all.add(listener);
-    return this.attached(() => {
-      if (this.all.delete(listener)) this.size--;
-    });
   }
 
   /** Count a listener just added, make sure the subscription is live, and hand back its undo (once). */
@@ -67,7 +55,6 @@ export class JobEvents {
 
   async close(): Promise<void> {
     this.byJob.clear();
-    this.all.clear();
     this.size = 0;
     await this.dropSubscription();
   }
@@ -84,13 +71,6 @@ export class JobEvents {
   }
 
   private dispatch(event: JobEvent): void {
-    for (const listener of this.all) {
-      try {
-        listener(event);
-      } catch {
-        // As below: one broken listener must not starve the others.
-      }
-    }
     const set = this.byJob.get(event.jobId);
     if (!set) return;
     for (const listener of set) {

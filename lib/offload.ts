@@ -50,9 +50,7 @@ export class Offload {
     this.events = new JobEvents(this.broker);
     const w = this.config.worker;
     this.worker =
-      w.concurrency > 0
-        ? new Worker(this.broker, this.registry, this.events, { ...w, logger: this.config.logger })
-        : null;
+      w.concurrency > 0 ? new Worker(this.broker, this.registry, { ...w, logger: this.config.logger }) : null;
     // Purge finished jobs from any process: it is idempotent, and a web-only process must not
     // depend on a worker being alive to keep the store bounded.
     const every = Math.max(1000, Math.min(60_000, Math.floor(this.config.resultTtlMs / 2)));

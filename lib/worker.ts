@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { Broker, Lease, Unsubscribe } from './broker.js';
+import type { Broker, Lease, RunOutcome, Unsubscribe } from './broker.js';
 import {
   JobCanceledError,
   JobTimeoutError,
@@ -10,7 +10,6 @@ import {
   WorkerStoppingError,
 } from './errors.js';
 import type { JobError, JobProgress, Json } from './job.js';
-import type { JobEvents } from './job-events.js';
 import type { Logger } from './logger.js';
 import type { ResolvedConfig } from './options.js';
 import { backoffDelay, type Job, type TaskDefinition, type TaskRegistry } from './task.js';
@@ -65,7 +64,6 @@ export class Worker {
   constructor(
     private readonly broker: Broker,
     private readonly registry: TaskRegistry,
-    private readonly events: JobEvents,
     private readonly config: WorkerConfig,
   ) {}
 
@@ -89,22 +87,12 @@ export class Worker {
     this.recoverTimer.unref();
     this.renewTimer = setInterval(() => this.renewAll(), Math.max(50, Math.floor(this.config.leaseMs / 3)));
     this.renewTimer.unref();
-    this.events
-      .listenAll((event) => {
-        if (event.type !== 'cancel') return;
-        for (const run of this.runs.values()) {
-          if (run.lease.job.id === event.jobId) run.controller.abort(new JobCanceledError());
-        }
-      })
-      .then(
-        (off) => {
-          if (this.stopping) off();
-          else this.offCancel = off;
-        },
-        // Renewal reports a requested cancel too, within a third of the lease.
-        (err) =>
-          this.config.logger.warn({ err }, 'offload: cannot watch for cancels; relying on lease renewal'),
-      );
+    // Renewal reports a requested cancel too, within a third of the lease.
+    this.offCancel = this.broker.onCancel((jobId) => {
+      for (const run of this.runs.values()) {
+        if (run.lease.job.id === jobId) run.controller.abort(new JobCanceledError());
+      }
+    });
     this.loopDone = this.loop();
   }
 
@@ -205,7 +193,7 @@ export class Worker {
       await new Promise<void>((resolve) => setImmediate(resolve));
       if (this.stopping) break;
       const free = this.config.concurrency - this.runs.size;
-      const tasks = this.config.tasks.length ? this.config.tasks : this.registry.names();
+      const tasks = this.claimTasks();
       if (free <= 0 || tasks.length === 0) {
         await this.idle(this.config.pollMs);
         continue;
@@ -226,21 +214,18 @@ export class Worker {
         await this.idle(Math.min(this.config.pollMs * 2 ** failures, 30_000));
         continue;
       }
-      if (this.loopAbandoned) {
-        for (const { job, token } of leases) {
-          this.broker
-            .release(job.id, token)
-            .catch((err) =>
-              this.config.logger.warn({ err, jobId: job.id }, 'offload: could not hand a job back'),
-            );
-        }
-        return;
-      }
-      for (const lease of leases) this.run(lease);
+      // Once stop() began, what the claim handed out goes straight back.
+      this.adopt(leases);
+      if (this.stopping) break;
       // Fewer than asked means none is due now (claim hands out up to `limit`): wait for a hint
       // instead of a second claim that finds nothing. A hint that came during the claim is kept.
       if (leases.length < free) await this.idle(this.config.pollMs);
     }
+  }
+
+  /** The tasks this worker claims: those it was given, else every registered one. */
+  private claimTasks(): readonly string[] {
+    return this.config.tasks.length ? this.config.tasks : this.registry.names();
   }
 
   /** Wait for a work hint, a freed slot, stop, or the poll timer; returns at once if a hint came meanwhile. */
@@ -296,7 +281,7 @@ export class Worker {
     this.runs.set(lease.token, run);
     if (!def) {
       this.closeRun(run);
-      this.write(run, () => this.broker.fail(job.id, lease.token, errorOf(new UnknownTaskError(job.task))));
+      this.write(run, { type: 'fail', error: errorOf(new UnknownTaskError(job.task)) });
       return;
     }
     void this.execute(run);
@@ -348,10 +333,7 @@ export class Worker {
       const json = toJsonResult(result);
       if (run.closed) return;
       this.closeRun(run);
-      this.write(run, () => this.broker.complete(job.id, lease.token, json), {
-        outcome: 'succeeded',
-        started,
-      });
+      this.write(run, { type: 'complete', result: json }, { outcome: 'succeeded', started });
     } catch (err) {
       if (controller.reason instanceof JobCanceledError) return this.settleCanceled(run, started);
       await this.settleFailure(run, err, started);
@@ -361,23 +343,26 @@ export class Worker {
   private async settleCanceled(run: Run, started: number): Promise<void> {
     if (run.closed) return;
     this.closeRun(run);
-    const { job, token } = run.lease;
-    this.write(run, () => this.broker.acknowledgeCancel(job.id, token), { outcome: 'canceled', started });
+    this.write(run, { type: 'cancel' }, { outcome: 'canceled', started });
   }
 
   private async settleFailure(run: Run, err: unknown, started: number): Promise<void> {
     if (run.closed) return;
     this.closeRun(run);
     await run.flushProgress().catch(() => {});
-    const { job, token } = run.lease;
+    const { job } = run.lease;
     const error = errorOf(err);
     const retry = !(err instanceof NonRetryableError) && job.attempts < job.maxAttempts;
     const retryAt = retry ? Date.now() + backoffDelay(run.def.backoff, job.attempts) : undefined;
-    this.write(run, () => this.broker.fail(job.id, token, error, retryAt), {
-      outcome: retry ? 'retrying' : 'failed',
-      started,
-      error,
-    });
+    this.write(
+      run,
+      { type: 'fail', error, retryAt },
+      {
+        outcome: retry ? 'retrying' : 'failed',
+        started,
+        error,
+      },
+    );
   }
 
   /** Mark the run decided: no other outcome may write after this. */
@@ -387,16 +372,27 @@ export class Worker {
     run.timers.length = 0;
   }
 
-  /** Do the run's final broker write, then free its slot. */
+  /**
+   * Do the run's final broker write, then free its slot. The same call claims the job that takes
+   * the slot (as BullMQ's moveToFinished fetches the next job): a busy worker makes one broker
+   * call per job, and each slot moves on as soon as its own write is answered.
+   */
   private write(
     run: Run,
-    op: () => Promise<boolean>,
+    outcome: RunOutcome,
     info?: { outcome: string; started: number; error?: JobError },
   ): void {
-    const { job } = run.lease;
-    op()
+    const { job, token } = run.lease;
+    const limit = this.stopping ? 0 : 1;
+    this.broker
+      .settle(job.id, token, outcome, {
+        tasks: this.claimTasks(),
+        limit,
+        leaseMs: this.config.leaseMs,
+        workerId: this.id,
+      })
       .then(
-        (accepted) => {
+        ({ accepted, leases }) => {
           if (info) {
             const entry = {
               jobId: job.id,
@@ -410,22 +406,42 @@ export class Worker {
               this.config.logger.warn(entry, 'offload: job failed');
             else this.config.logger.debug(entry, 'offload: job finished');
           }
+          // Asked for a job: the slot is taken again, or none is due (the loop then waits for a
+          // work hint, as after a claim that comes back short).
+          this.endRun(run, true, limit === 0);
+          this.adopt(leases);
         },
         (err) => {
           // The lease will expire and the job is retried elsewhere: at-least-once, never lost.
           this.config.logger.error({ err, jobId: job.id }, 'offload: could not record the outcome of a job');
+          this.endRun(run);
         },
-      )
-      .finally(() => this.endRun(run));
+      );
   }
 
-  private endRun(run: Run, finished = true): void {
+  /** Run leases a write's claim handed out; hand them back when the worker cannot take them now. */
+  private adopt(leases: Lease[]): void {
+    for (const lease of leases) {
+      if (!this.stopping && !this.loopAbandoned && this.runs.size < this.config.concurrency) {
+        this.run(lease);
+        continue;
+      }
+      const { job, token } = lease;
+      this.broker
+        .release(job.id, token)
+        .catch((err) =>
+          this.config.logger.warn({ err, jobId: job.id }, 'offload: could not hand a job back'),
+        );
+    }
+  }
+
+  private endRun(run: Run, finished = true, poke = true): void {
     const token = run.lease.token;
     if (this.runs.get(token) !== run) return;
     this.runs.delete(token);
     if (this.stopping && finished) this.finishedDuringStop++;
     run.resolveDone();
-    this.poke();
+    if (poke) this.poke();
   }
 
   private createHandle(run: Run): Job<unknown> {

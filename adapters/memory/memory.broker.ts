@@ -8,6 +8,8 @@ import type {
   Lease,
   ListPage,
   ListQuery,
+  RunOutcome,
+  SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
 import { QueueFullError } from '../../lib/errors.js';
@@ -88,6 +90,7 @@ export class MemoryBroker implements Broker {
   };
   private readonly listeners = new Set<(event: JobEvent) => void>();
   private readonly workListeners = new Set<() => void>();
+  private readonly cancelListeners = new Set<(jobId: string) => void>();
   private wakeTimer: NodeJS.Timeout | null = null;
   private wakeAt = Number.POSITIVE_INFINITY;
   private readyCounter = 0;
@@ -226,6 +229,18 @@ export class MemoryBroker implements Broker {
     return true;
   }
 
+  async settle(jobId: string, token: string, outcome: RunOutcome, next: ClaimRequest): Promise<SettleResult> {
+    // Each body runs synchronously when called, so nothing else runs between the two.
+    const accepted =
+      outcome.type === 'complete'
+        ? this.complete(jobId, token, outcome.result)
+        : outcome.type === 'fail'
+          ? this.fail(jobId, token, outcome.error, outcome.retryAt)
+          : this.acknowledgeCancel(jobId, token);
+    const leases = this.claim(next);
+    return { accepted: await accepted, leases: await leases };
+  }
+
   async release(jobId: string, token: string): Promise<boolean> {
     const entry = this.held(jobId, token);
     if (!entry) return false;
@@ -255,6 +270,7 @@ export class MemoryBroker implements Broker {
         job.cancelRequested = true;
         // Not a client-visible change: no seq bump, not kept in history.
         this.broadcast({ jobId, seq: job.seq, type: 'cancel', at: Date.now() });
+        for (const listener of this.cancelListeners) listener(jobId);
       }
       return { outcome: 'requested', job: copy(job) };
     }
@@ -318,6 +334,11 @@ export class MemoryBroker implements Broker {
     return () => this.workListeners.delete(listener);
   }
 
+  onCancel(listener: (jobId: string) => void): Unsubscribe {
+    this.cancelListeners.add(listener);
+    return () => this.cancelListeners.delete(listener);
+  }
+
   async recover(): Promise<number> {
     const now = Date.now();
     let touched = 0;
@@ -366,6 +387,7 @@ export class MemoryBroker implements Broker {
     this.wakeTimer = null;
     this.listeners.clear();
     this.workListeners.clear();
+    this.cancelListeners.clear();
   }
 
   /** The entry if `token` holds its lease now; lease expiry is judged by `recover`, as in other brokers. */

@@ -11,6 +11,8 @@ import type {
   Lease,
   ListPage,
   ListQuery,
+  RunOutcome,
+  SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
 import { requireDriver } from '../../lib/broker-url.js';
@@ -61,11 +63,20 @@ const SCRIPTS = [
   'list',
   'history',
   'get',
+  'counts',
 ] as const;
 type ScriptName = (typeof SCRIPTS)[number];
 
 /** Scripts a client request waits on (submit, status, cancel, list, SSE resume). */
-const FAIL_FAST: ReadonlySet<ScriptName> = new Set(['enqueue', 'cancel', 'retry', 'get', 'list', 'history']);
+const FAIL_FAST: ReadonlySet<ScriptName> = new Set([
+  'enqueue',
+  'cancel',
+  'retry',
+  'get',
+  'list',
+  'history',
+  'counts',
+]);
 
 /** The Lua sources, read once per process: the shared prelude, then each script's body. */
 let sources: Record<ScriptName, string> | undefined;
@@ -80,6 +91,9 @@ function loadSources(): Record<ScriptName, string> {
   }
   return sources;
 }
+
+/** For the plain outcome writes: settle without a claim. */
+const NO_CLAIM: ClaimRequest = { tasks: [], limit: 0, leaseMs: 0, workerId: '' };
 
 /** Who may cancel: `*` anyone; otherwise the owner key the job must have. */
 function ownerKey(owner: string | null): string {
@@ -99,9 +113,14 @@ export class RedisBroker implements Broker {
   private readonly logLimit: string;
   private readonly listeners = new Set<(event: JobEvent) => void>();
   private readonly workListeners = new Set<() => void>();
+  private readonly cancelListeners = new Set<(jobId: string) => void>();
+  private readonly eventsChannel: string;
+  private readonly workChannel: string;
+  private readonly cancelChannel: string;
   private subscriber: Client | null = null;
-  private subscribing: Promise<void> | null = null;
-  private subscribed = false;
+  /** Channels subscribed or being subscribed on `subscriber`. */
+  private readonly channels = new Map<string, Promise<void>>();
+  private workSubscribed = false;
   private wakeTimer: NodeJS.Timeout | null = null;
   private wakeAt = Number.POSITIVE_INFINITY;
   private closed = false;
@@ -130,6 +149,9 @@ export class RedisBroker implements Broker {
       throw new ConfigError('Redis prefix and queue may not contain { or }.');
     this.p = `${prefix}:{${queue}}`;
     this.countsKey = `${this.p}:cnt`;
+    this.eventsChannel = `${this.p}:events`;
+    this.workChannel = `${this.p}:work`;
+    this.cancelChannel = `${this.p}:cancel`;
     this.historyLimit = String(options.historyLimit ?? 100);
     this.logLimit = String(options.logLimit ?? 100);
     const lua = loadSources();
@@ -161,7 +183,7 @@ export class RedisBroker implements Broker {
           .digest('base64url')
       : '';
     // Read before sending: a subscription confirmed by then is sure to see this enqueue's PUBLISH.
-    const subscribed = this.subscribed;
+    const subscribed = this.workSubscribed;
     const id = randomUUID();
     const payload = JSON.stringify(input.payload);
     const reply = await this.run(
@@ -215,12 +237,17 @@ export class RedisBroker implements Broker {
   async claim(request: ClaimRequest): Promise<Lease[]> {
     if (request.tasks.length === 0 || request.limit < 1) return [];
     const reply: unknown[] = await this.run('claim', request.leaseMs, request.limit, ...request.tasks);
+    return this.leasesOf(reply, 0);
+  }
+
+  /** A claim's reply from `at`: when the next delayed job comes due, then token, record pairs. */
+  private leasesOf(reply: unknown[], at: number): Lease[] {
     const leases: Lease[] = [];
-    for (let i = 1; i < reply.length; i += 2) {
-      leases.push({ token: String(reply[i]), job: toRecord(reply[i + 1] as string[]) });
+    for (let i = at + 1; i < reply.length; i += 2) {
+      leases.push({ token: String(reply[i]), job: toRecord(reply[i + 1] as RecordReply) });
     }
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
-    if (reply[0] !== '') this.armWake(Number(reply[0]));
+    if (reply[at] !== '') this.armWake(Number(reply[at]));
     return leases;
   }
 
@@ -238,32 +265,45 @@ export class RedisBroker implements Broker {
   }
 
   async complete(jobId: string, token: string, result: Json): Promise<boolean> {
-    return this.settle(jobId, token, 'complete', JSON.stringify(result ?? null), '');
+    return (await this.settle(jobId, token, { type: 'complete', result }, NO_CLAIM)).accepted;
   }
 
   async fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
-    const done = await this.settle(jobId, token, 'fail', JSON.stringify(error), retryAt ?? '');
+    return (await this.settle(jobId, token, { type: 'fail', error, retryAt }, NO_CLAIM)).accepted;
+  }
+
+  async acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
+    return (await this.settle(jobId, token, { type: 'cancel' }, NO_CLAIM)).accepted;
+  }
+
+  async release(jobId: string, token: string): Promise<boolean> {
+    const reply = await this.run('settle', jobId, token, 'release', '', '', 0, 0);
+    return reply[0] === 1;
+  }
+
+  async settle(jobId: string, token: string, outcome: RunOutcome, next: ClaimRequest): Promise<SettleResult> {
+    let value = '';
+    let retryAt: number | '' = '';
+    if (outcome.type === 'complete') value = JSON.stringify(outcome.result ?? null);
+    else if (outcome.type === 'fail') {
+      value = JSON.stringify(outcome.error);
+      retryAt = outcome.retryAt ?? '';
+    }
+    const limit = next.tasks.length === 0 ? 0 : next.limit;
+    const reply: unknown[] = await this.run(
+      'settle',
+      jobId,
+      token,
+      outcome.type,
+      value,
+      retryAt,
+      next.leaseMs,
+      limit,
+      ...(limit > 0 ? next.tasks : []),
+    );
     // The wake-up is published too, but a subscriber still connecting would miss it.
-    if (done && retryAt !== undefined && retryAt > Date.now()) this.armWake(retryAt);
-    return done;
-  }
-
-  acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
-    return this.settle(jobId, token, 'cancel', '', '');
-  }
-
-  release(jobId: string, token: string): Promise<boolean> {
-    return this.settle(jobId, token, 'release', '', '');
-  }
-
-  private async settle(
-    jobId: string,
-    token: string,
-    outcome: string,
-    value: string,
-    retryAt: number | '',
-  ): Promise<boolean> {
-    return (await this.run('settle', jobId, token, outcome, value, retryAt)) === 1;
+    if (reply[0] === 1 && retryAt !== '' && retryAt > Date.now()) this.armWake(retryAt);
+    return { accepted: reply[0] === 1, leases: this.leasesOf(reply, 1) };
   }
 
   async cancel(
@@ -286,7 +326,7 @@ export class RedisBroker implements Broker {
 
   async list(query: ListQuery): Promise<ListPage> {
     const after = query.cursor ? decodeCursor(query.cursor) : null;
-    const reply: string[][] = await this.run(
+    const reply: RecordReply[] = await this.run(
       'list',
       query.owner === undefined ? 'all' : `o:${ownerKey(query.owner)}`,
       query.status ?? '',
@@ -313,16 +353,29 @@ export class RedisBroker implements Broker {
 
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
     this.listeners.add(listener);
-    await this.ensureSubscriber();
+    try {
+      await this.listen(this.eventsChannel);
+    } catch (err) {
+      this.listeners.delete(listener);
+      throw err;
+    }
     return () => this.listeners.delete(listener);
   }
 
   onWork(listener: () => void): Unsubscribe {
     this.workListeners.add(listener);
-    this.ensureSubscriber().catch(() => {
+    this.listen(this.workChannel).catch(() => {
       // The worker polls as a backstop; the subscriber reconnects by itself.
     });
     return () => this.workListeners.delete(listener);
+  }
+
+  onCancel(listener: (jobId: string) => void): Unsubscribe {
+    this.cancelListeners.add(listener);
+    this.listen(this.cancelChannel).catch(() => {
+      // Lease renewal reports a requested cancel as well, within a third of the lease.
+    });
+    return () => this.cancelListeners.delete(listener);
   }
 
   async recover(): Promise<number> {
@@ -344,9 +397,12 @@ export class RedisBroker implements Broker {
   }
 
   async counts(): Promise<Record<JobStatus, number>> {
-    const raw = await this.client.hgetall(this.countsKey);
+    const [pairs, running] = (await this.run('counts')) as [string[], number];
+    const raw: Record<string, string> = {};
+    for (let i = 0; i < pairs.length; i += 2) raw[pairs[i]!] = pairs[i + 1]!;
     const out = {} as Record<JobStatus, number>;
     for (const status of JOB_STATUSES) out[status] = Number(raw[status] ?? 0);
+    out.running = Number(running);
     return out;
   }
 
@@ -356,6 +412,7 @@ export class RedisBroker implements Broker {
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     this.listeners.clear();
     this.workListeners.clear();
+    this.cancelListeners.clear();
     const subscriber = this.subscriber;
     this.subscriber = null;
     await Promise.all([
@@ -364,42 +421,60 @@ export class RedisBroker implements Broker {
     ]);
   }
 
-  /** One subscriber connection per broker, for job events and wake-ups alike. */
-  private ensureSubscriber(): Promise<void> {
-    if (!this.subscribing) {
-      const subscriber = this.client.duplicate();
-      subscriber.on('error', () => {});
-      this.subscriber = subscriber;
-      const events = `${this.p}:events`;
-      const work = `${this.p}:work`;
-      subscriber.on('message', (channel: string, message: string) => {
-        if (channel === work) {
-          // The message is when the job comes due: now, or later (a delay, a retry's backoff).
-          const at = Number(message);
-          if (at > Date.now()) this.armWake(at);
-          else this.notifyWork();
-          return;
-        }
-        if (channel !== events || this.listeners.size === 0) return;
-        let event: JobEvent;
-        try {
-          event = JSON.parse(message) as JobEvent;
-        } catch {
-          return;
-        }
-        for (const listener of this.listeners) listener(event);
-      });
-      this.subscribing = subscriber.subscribe(events, work).then(
-        () => {
-          this.subscribed = true;
-        },
-        (err) => {
-          this.subscribing = null;
-          throw err;
-        },
-      );
+  /**
+   * Subscribe to one of the broker's channels, on the one subscriber connection per broker. Each
+   * channel is subscribed when first needed: a worker-only process takes wake-ups and cancels,
+   * not the events of every job.
+   */
+  private listen(channel: string): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('The broker is closed.'));
+    let subscribing = this.channels.get(channel);
+    if (!subscribing) {
+      subscribing = this.subscriberClient()
+        .subscribe(channel)
+        .then(
+          () => {
+            if (channel === this.workChannel) this.workSubscribed = true;
+          },
+          (err) => {
+            this.channels.delete(channel);
+            throw err;
+          },
+        );
+      this.channels.set(channel, subscribing);
     }
-    return this.subscribing;
+    return subscribing;
+  }
+
+  private subscriberClient(): Client {
+    if (this.subscriber) return this.subscriber;
+    const subscriber = this.client.duplicate();
+    subscriber.on('error', () => {});
+    subscriber.on('message', (channel: string, message: string) => this.onMessage(channel, message));
+    this.subscriber = subscriber;
+    return subscriber;
+  }
+
+  private onMessage(channel: string, message: string): void {
+    if (channel === this.workChannel) {
+      // The message is when the job comes due: now, or later (a delay, a retry's backoff).
+      const at = Number(message);
+      if (at > Date.now()) this.armWake(at);
+      else this.notifyWork();
+    } else if (channel === this.cancelChannel) {
+      for (const listener of this.cancelListeners) listener(message);
+    } else if (channel === this.eventsChannel && this.listeners.size > 0) {
+      // One event, or the events of one script run (a claim's jobs) as an array.
+      let parsed: JobEvent | JobEvent[];
+      try {
+        parsed = JSON.parse(message) as JobEvent | JobEvent[];
+      } catch {
+        return;
+      }
+      for (const event of Array.isArray(parsed) ? parsed : [parsed]) {
+        for (const listener of this.listeners) listener(event);
+      }
+    }
   }
 
   private notifyWork(): void {
@@ -426,52 +501,37 @@ function isClient(value: object): value is Client {
   return typeof (value as { defineCommand?: unknown }).defineCommand === 'function';
 }
 
-const NUMBER_FIELDS = new Set([
-  'attempts',
-  'maxAttempts',
-  'runAt',
-  'createdAt',
-  'startedAt',
-  'finishedAt',
-  'expireAt',
-  'timeoutMs',
-  'seq',
-]);
-const JSON_FIELDS = new Set(['payload', 'progress', 'result', 'error', 'logs']);
+/** The fields of a record as the scripts send them (prelude.lua's RECORD, same order), then logs. */
+type RecordReply = (string | number | null)[];
 
-/** A job record from the script's HGETALL pairs. */
-function toRecord(pairs: string[]): JobRecord {
-  const raw: Record<string, string> = {};
-  for (let i = 0; i < pairs.length; i += 2) raw[pairs[i]!] = pairs[i + 1]!;
-  const field = (name: string): unknown => {
-    const value = raw[name];
-    if (value === undefined) return null;
-    if (NUMBER_FIELDS.has(name)) return Number(value);
-    if (JSON_FIELDS.has(name)) return JSON.parse(value);
-    return value;
-  };
+const json = (value: string | number | null): unknown => (value === null ? null : JSON.parse(String(value)));
+const num = (value: string | number | null): number | null => (value === null ? null : Number(value));
+
+/** A job record from a script's reply: prelude.lua's RECORD fields by position, then logs. */
+function toRecord(v: RecordReply): JobRecord {
   return {
-    id: raw.id!,
-    task: raw.task!,
-    payload: field('payload') as Json,
-    status: raw.status as JobStatus,
-    progress: field('progress') as JobProgress | null,
-    result: field('result') as Json,
-    error: field('error') as JobError | null,
-    attempts: Number(raw.attempts),
-    maxAttempts: Number(raw.maxAttempts),
-    runAt: Number(raw.runAt),
-    createdAt: Number(raw.createdAt),
-    startedAt: field('startedAt') as number | null,
-    finishedAt: field('finishedAt') as number | null,
-    expireAt: field('expireAt') as number | null,
-    timeoutMs: field('timeoutMs') as number | null,
-    owner: raw.owner ?? null,
-    idempotencyKey: raw.idempotencyKey ?? null,
-    payloadHash: raw.payloadHash ?? null,
-    cancelRequested: raw.cancelRequested === '1',
-    seq: Number(raw.seq),
-    logs: (field('logs') as string[] | null) ?? [],
+    id: String(v[0]),
+    task: String(v[1]),
+    payload: json(v[2]) as Json,
+    status: v[3] as JobStatus,
+    progress: json(v[4]) as JobProgress | null,
+    result: json(v[5]) as Json,
+    error: json(v[6]) as JobError | null,
+    attempts: Number(v[7]),
+    maxAttempts: Number(v[8]),
+    runAt: Number(v[9]),
+    createdAt: Number(v[10]),
+    startedAt: num(v[11]),
+    finishedAt: num(v[12]),
+    expireAt: num(v[13]),
+    timeoutMs: num(v[14]),
+    owner: v[15] === null ? null : String(v[15]),
+    idempotencyKey: v[16] === null ? null : String(v[16]),
+    payloadHash: v[17] === null ? null : String(v[17]),
+    cancelRequested: v[18] === '1',
+    seq: Number(v[19]),
+    // A claim sends no logs (the worker has no use for them).
+    logs: v[20] === undefined || v[20] === null ? [] : (json(v[20]) as string[]),
   };
 }
 

@@ -631,6 +631,182 @@ export function brokerConformance(
       });
     });
 
+    describe('settle (a run ends and the slot is claimed again, in one call)', () => {
+      const next = (tasks: string[] = ['alpha'], limit = 1) => ({
+        tasks,
+        limit,
+        leaseMs: LEASE_MS,
+        workerId: 'conformance',
+      });
+
+      it('completes the run, then hands out the next due job', async () => {
+        const events = await record();
+        const first = await add({ payload: { i: 1 } });
+        const second = await add({ payload: { i: 2 } });
+        const lease = await claimOne();
+        const { accepted, leases } = await broker.settle(
+          first.id,
+          lease.token,
+          { type: 'complete', result: { rows: 3 } },
+          next(),
+        );
+        assert.equal(accepted, true);
+        const done = await mustGet(first.id);
+        assert.equal(done.status, 'succeeded');
+        assert.deepEqual(done.result, { rows: 3 });
+        assert.equal(leases.length, 1);
+        const [lease2] = leases;
+        assert.equal(lease2!.job.id, second.id);
+        assert.equal(lease2!.job.status, 'running');
+        assert.equal(lease2!.job.attempts, 1);
+        assert.deepEqual(lease2!.job.payload, { i: 2 });
+        assert.notEqual(lease2!.token, lease.token);
+        assert.equal((await mustGet(second.id)).status, 'running');
+        await eventually(
+          () => eventsOf(events, first.id).length === 3 && eventsOf(events, second.id).length === 2,
+          'the succeeded and the running events',
+        );
+        assert.deepEqual(
+          eventsOf(events, second.id).map((e) => [e.seq, e.status]),
+          [
+            [1, 'queued'],
+            [2, 'running'],
+          ],
+        );
+        assert.ok(await broker.complete(second.id, lease2!.token, null), 'the new lease holds');
+        assert.deepEqual(await claim(), []);
+      });
+
+      it('fails, retries or acknowledges a cancel as fail and acknowledgeCancel do', async () => {
+        const failed = await add({ maxAttempts: 1 });
+        const lease = await claimOne();
+        const r1 = await broker.settle(
+          failed.id,
+          lease.token,
+          { type: 'fail', error: { message: 'no' } },
+          next(),
+        );
+        assert.equal(r1.accepted, true);
+        assert.deepEqual(r1.leases, []);
+        assert.equal((await mustGet(failed.id)).status, 'failed');
+        assert.deepEqual((await mustGet(failed.id)).error, { message: 'no' });
+
+        // A retry due at once is claimed again by the same call.
+        const retried = await add();
+        const lease2 = await claimOne();
+        const r2 = await broker.settle(
+          retried.id,
+          lease2.token,
+          { type: 'fail', error: { message: 'flaky' }, retryAt: Date.now() - 1000 },
+          next(),
+        );
+        assert.equal(r2.accepted, true);
+        assert.equal(r2.leases.length, 1);
+        assert.equal(r2.leases[0]!.job.id, retried.id);
+        assert.equal(r2.leases[0]!.job.attempts, 2);
+        assert.deepEqual(r2.leases[0]!.job.error, { message: 'flaky' });
+
+        assert.equal((await broker.cancel(retried.id)).outcome, 'requested');
+        const r3 = await broker.settle(retried.id, r2.leases[0]!.token, { type: 'cancel' }, next());
+        assert.equal(r3.accepted, true);
+        assert.equal((await mustGet(retried.id)).status, 'canceled');
+      });
+
+      it('ends a cancel-requested run canceled, whatever the outcome', async () => {
+        const job = await add();
+        const lease = await claimOne();
+        await broker.cancel(job.id);
+        const { accepted } = await broker.settle(
+          job.id,
+          lease.token,
+          { type: 'complete', result: 1 },
+          next(),
+        );
+        assert.equal(accepted, true);
+        const canceled = await mustGet(job.id);
+        assert.equal(canceled.status, 'canceled');
+        assert.equal(canceled.result, null);
+      });
+
+      it('claims even when the token is not current; claims nothing with limit 0', async () => {
+        const job = await add();
+        const lease = await claimOne();
+        const waiting = await add();
+        const before = await mustGet(job.id);
+        const none = await broker.settle(
+          job.id,
+          'not-a-token',
+          { type: 'complete', result: 1 },
+          next(['alpha'], 0),
+        );
+        assert.deepEqual(none, { accepted: false, leases: [] });
+        assert.deepEqual(await mustGet(job.id), before, 'a refused settle changes nothing');
+        assert.equal((await mustGet(waiting.id)).status, 'queued');
+
+        const refused = await broker.settle(job.id, 'not-a-token', { type: 'complete', result: 1 }, next());
+        assert.equal(refused.accepted, false);
+        assert.deepEqual(
+          refused.leases.map((l) => l.job.id),
+          [waiting.id],
+        );
+        assert.equal((await mustGet(job.id)).status, 'running');
+        assert.ok(await broker.complete(job.id, lease.token, 1), 'the real holder still holds');
+      });
+
+      it('claims the oldest due job of the named tasks', async () => {
+        const a = await add({ task: 'alpha' });
+        const b = await add({ task: 'beta' });
+        const c = await add({ task: 'gamma' });
+        const lease = await claimOne('alpha');
+        assert.equal(lease.job.id, a.id);
+        const r1 = await broker.settle(
+          a.id,
+          lease.token,
+          { type: 'complete', result: null },
+          next(['gamma', 'beta']),
+        );
+        assert.deepEqual(
+          r1.leases.map((l) => l.job.id),
+          [b.id],
+        );
+        const r2 = await broker.settle(
+          b.id,
+          r1.leases[0]!.token,
+          { type: 'complete', result: null },
+          next(['alpha', 'beta'], 5),
+        );
+        assert.deepEqual(r2.leases, [], 'gamma is not asked for');
+        assert.equal((await mustGet(c.id)).status, 'queued');
+      });
+    });
+
+    describe('onCancel', () => {
+      it('tells listeners the id of a running job whose cancel was requested, once', async () => {
+        const heard: string[] = [];
+        const off = broker.onCancel((id) => heard.push(id));
+        unsubscribes.push(off);
+        const queued = await add();
+        const running = await add();
+        const [lease] = await claim(['alpha'], 2);
+        assert.equal(lease?.job.id, queued.id);
+        // Let a broker that subscribes over the network come up (a hint may be missed before).
+        await sleep(QUIET_MS);
+        await broker.release(queued.id, lease!.token);
+        assert.equal((await broker.cancel(queued.id)).outcome, 'canceled');
+        assert.equal((await broker.cancel(running.id)).outcome, 'requested');
+        await eventually(() => heard.includes(running.id), 'the cancel of the running job');
+        assert.equal((await broker.cancel(running.id)).outcome, 'requested');
+        await sleep(QUIET_MS);
+        assert.deepEqual(heard, [running.id], 'not for a queued job, nor for a second request');
+        off();
+        const other = await add();
+        await claimOne();
+        await broker.cancel(other.id);
+        await sleep(QUIET_MS);
+        assert.deepEqual(heard, [running.id], 'nothing after unsubscribing');
+      });
+    });
+
     describe('cancel', () => {
       it('cancels a queued job at once', async () => {
         const events = await record();

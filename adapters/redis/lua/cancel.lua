@@ -5,16 +5,17 @@ local id, owner_check = ARGV[3], ARGV[4]
 local k = jkey(id)
 local v = redis.call('HMGET', k, 'status', 'ownerKey', 'cancelRequested', 'seq')
 if not v[1] or (owner_check ~= '*' and v[2] ~= owner_check) then return { 'not-found' } end
-local now = now_ms()
 if v[1] == 'queued' then
-  finish(id, 'canceled', now, nil, nil)
+  publish({ finish(id, 'canceled', nil, nil) })
   return { 'canceled', record(id) }
 end
 if v[1] == 'running' then
   if v[3] ~= '1' then
     redis.call('HSET', k, 'cancelRequested', '1')
-    -- Not a client-visible change: no seq bump, not kept in history.
-    redis.call('PUBLISH', P .. ':events', '{"jobId":"' .. id .. '","seq":' .. v[4] .. ',"type":"cancel","at":' .. now .. '}')
+    -- Not a client-visible change: no seq bump, not kept in history. Workers listen on P:cancel
+    -- alone (not to every job's events).
+    redis.call('PUBLISH', P .. ':events', '{"jobId":"' .. id .. '","seq":' .. v[4] .. ',"type":"cancel","at":' .. NOW_S .. '}')
+    redis.call('PUBLISH', P .. ':cancel', id)
   end
   return { 'requested', record(id) }
 end

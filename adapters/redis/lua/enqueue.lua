@@ -19,24 +19,28 @@ end
 if ARGV[15] ~= '' and tonumber(redis.call('HGET', P .. ':cnt', 'queued') or '0') >= tonumber(ARGV[15]) then
   return { -1 }
 end
-local now = now_ms()
-local run_at = ARGV[9] == '' and now or tonumber(ARGV[9])
+local run_at_s = ARGV[9] == '' and NOW_S or ARGV[9]
+local run_at = tonumber(run_at_s)
 local k = jkey(id)
-redis.call('HSET', k, 'id', id, 'task', task, 'payload', payload, 'status', 'queued', 'attempts', 0,
-  'maxAttempts', ARGV[8], 'runAt', run_at, 'createdAt', now, 'cancelRequested', '0', 'seq', 0,
-  'ownerKey', owner_key)
-if owner_key ~= '~' then redis.call('HSET', k, 'owner', owner) end
-if ARGV[10] ~= '' then redis.call('HSET', k, 'expireAt', ARGV[10]) end
-if ARGV[11] ~= '' then redis.call('HSET', k, 'timeoutMs', ARGV[11]) end
-if ARGV[14] ~= '' then redis.call('HSET', k, 'payloadHash', ARGV[14]) end
+local fields = { 'id', id, 'task', task, 'payload', payload, 'status', 'queued', 'attempts', '0',
+  'maxAttempts', ARGV[8], 'runAt', run_at_s, 'createdAt', NOW_S, 'cancelRequested', '0', 'seq', '1',
+  'ownerKey', owner_key }
+local function add(name, value) fields[#fields + 1] = name; fields[#fields + 1] = value end
+if owner_key ~= '~' then add('owner', owner) end
+if ARGV[10] ~= '' then add('expireAt', ARGV[10]) end
+if ARGV[11] ~= '' then add('timeoutMs', ARGV[11]) end
+if ARGV[14] ~= '' then add('payloadHash', ARGV[14]) end
 if idem ~= '' then
-  redis.call('HSET', k, 'idem', idem, 'idempotencyKey', ARGV[13])
+  add('idem', idem)
+  add('idempotencyKey', ARGV[13])
   redis.call('SET', P .. ':i:' .. idem, id)
 end
-redis.call('ZADD', P .. ':all', now, id)
-redis.call('ZADD', P .. ':o:' .. owner_key, now, id)
+if run_at <= NOW then add('ord', NOW_US) end
+redis.call('HSET', k, unpack(fields))
+redis.call('ZADD', P .. ':all', NOW_S, id)
+redis.call('ZADD', P .. ':o:' .. owner_key, NOW_S, id)
 count(nil, 'queued')
-schedule(id, task, run_at, now)
-emit(id, '"type":"status","status":"queued","attempts":0', now)
-redis.call('PUBLISH', P .. ':work', run_at)
-return { 1, tostring(now), tostring(run_at) }
+schedule(id, task, run_at)
+publish({ event(id, '1', '"type":"status","status":"queued","attempts":0') })
+redis.call('PUBLISH', P .. ':work', run_at_s)
+return { 1, NOW_S, run_at_s }

@@ -2,8 +2,7 @@
 -- attempts are spent; a job with a cancel requested ends canceled.
 -- ARGV: P, history, batch
 -- Returns how many jobs it touched.
-local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', P .. ':run', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local expired = redis.call('ZRANGEBYSCORE', P .. ':run', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[3]))
 local err = '{"message":"The worker running the job stopped renewing its lease.","code":"ERR_OFFLOAD_LEASE_EXPIRED"}'
 local touched = 0
 for _, id in ipairs(expired) do
@@ -12,9 +11,9 @@ for _, id in ipairs(expired) do
     redis.call('ZREM', P .. ':run', id)
   else
     touched = touched + 1
-    if v[2] == '1' then finish(id, 'canceled', now, nil, nil)
-    elseif tonumber(v[3]) >= tonumber(v[4]) then finish(id, 'failed', now, nil, err)
-    else requeue(id, now, err, now) end
+    if v[2] == '1' then publish({ finish(id, 'canceled', nil, nil) })
+    elseif tonumber(v[3]) >= tonumber(v[4]) then publish({ finish(id, 'failed', nil, err) })
+    else requeue(id, NOW, err) end
   end
 end
 return touched

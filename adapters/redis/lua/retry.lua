@@ -6,5 +6,5 @@ local status = redis.call('HGET', k, 'status')
 if status ~= 'failed' and status ~= 'canceled' then return false end
 redis.call('HSET', k, 'attempts', 0, 'cancelRequested', '0')
 redis.call('HDEL', k, 'result', 'progress', 'startedAt', 'finishedAt', 'expireAt')
-requeue(id, now_ms(), 'null', now_ms())
+requeue(id, NOW, 'null')
 return record(id)
