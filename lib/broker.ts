@@ -67,12 +67,12 @@ export interface Broker {
   acknowledgeCancel(jobId: string, token: string): Promise<boolean>;
 
   /**
-   * End a run as `complete`, `fail` or `acknowledgeCancel` would, then claim as `claim(next)`
-   * would (also when the token was not current: the caller's slot is free either way), in one
-   * step. A busy worker refills the slot a run frees without a call of its own. `next.limit` 0
-   * claims nothing.
+   * End runs, each as `complete`, `fail` or `acknowledgeCancel` would, then claim as
+   * `claim(next)` would (also for runs whose token was not current: the caller's slots are free
+   * either way), in one step. A busy worker refills the slots its runs free without a call of
+   * its own, and runs that end together cost one call. `next.limit` 0 claims nothing.
    */
-  settle(jobId: string, token: string, outcome: RunOutcome, next: ClaimRequest): Promise<SettleResult>;
+  settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult>;
 
   /**
    * Hand a running job back to the queue without counting the attempt (graceful shutdown).
@@ -177,9 +177,15 @@ export type RunOutcome =
   | { type: 'fail'; error: JobError; retryAt?: number }
   | { type: 'cancel' };
 
+export interface Settlement {
+  jobId: string;
+  token: string;
+  outcome: RunOutcome;
+}
+
 export interface SettleResult {
-  /** What `complete`, `fail` or `acknowledgeCancel` would have returned. */
-  accepted: boolean;
+  /** Per run, in order: what `complete`, `fail` or `acknowledgeCancel` would have returned. */
+  accepted: boolean[];
   /** The claim's leases. */
   leases: Lease[];
 }

@@ -24,6 +24,20 @@ export interface StopReport {
   handedBack: number;
 }
 
+/** What the log line of a finished run says. */
+interface WriteInfo {
+  outcome: string;
+  started: number;
+  error?: JobError;
+}
+
+/** A run's final write, waiting for the end of the turn (see `flushWrites`). */
+interface PendingWrite {
+  run: Run;
+  outcome: RunOutcome;
+  info?: WriteInfo;
+}
+
 interface Run {
   lease: Lease;
   def: TaskDefinition;
@@ -58,6 +72,8 @@ export class Worker {
   private renewTimer: NodeJS.Timeout | null = null;
   private offCancel: Unsubscribe | null = null;
   private finishedDuringStop = 0;
+  /** Final writes of runs that ended this turn. */
+  private writes: PendingWrite[] = [];
   /** Set when stop() gave up waiting for a claim: whatever it hands out later is released at once. */
   private loopAbandoned = false;
 
@@ -373,50 +389,71 @@ export class Worker {
   }
 
   /**
-   * Do the run's final broker write, then free its slot. The same call claims the job that takes
-   * the slot (as BullMQ's moveToFinished fetches the next job): a busy worker makes one broker
-   * call per job, and each slot moves on as soon as its own write is answered.
+   * Queue the run's final broker write; runs that end in the same turn are written together by
+   * `flushWrites`, whose call also claims the jobs that take their slots.
    */
-  private write(
-    run: Run,
-    outcome: RunOutcome,
-    info?: { outcome: string; started: number; error?: JobError },
-  ): void {
-    const { job, token } = run.lease;
-    const limit = this.stopping ? 0 : 1;
-    this.broker
-      .settle(job.id, token, outcome, {
-        tasks: this.claimTasks(),
-        limit,
-        leaseMs: this.config.leaseMs,
-        workerId: this.id,
-      })
-      .then(
-        ({ accepted, leases }) => {
-          if (info) {
-            const entry = {
-              jobId: job.id,
-              task: job.task,
-              attempt: job.attempts,
-              durationMs: Date.now() - info.started,
-              outcome: accepted ? info.outcome : 'lease-lost',
-              error: info.error?.message,
-            };
-            if (info.outcome === 'failed' || info.outcome === 'retrying')
-              this.config.logger.warn(entry, 'offload: job failed');
-            else this.config.logger.debug(entry, 'offload: job finished');
-          }
-          // Asked for a job: the slot is taken again, or none is due (the loop then waits for a
+  private write(run: Run, outcome: RunOutcome, info?: WriteInfo): void {
+    this.writes.push({ run, outcome, info });
+    if (this.writes.length === 1) setImmediate(() => this.flushWrites());
+  }
+
+  /**
+   * Write the outcomes queued this turn, each call claiming as many jobs as slots it frees (as
+   * BullMQ's moveToFinished fetches the next job). Runs that end together share a call, but a
+   * call takes at most a quarter of the slots: with several calls in flight, the broker works on
+   * one while this process runs the jobs another brought back.
+   */
+  private flushWrites(): void {
+    const writes = this.writes;
+    this.writes = [];
+    const size = Math.ceil(this.config.concurrency / 4);
+    for (let i = 0; i < writes.length; i += size) this.settle(writes.slice(i, i + size));
+  }
+
+  private settle(batch: PendingWrite[]): void {
+    const limit = this.stopping ? 0 : batch.length;
+    const runs = batch.map(({ run, outcome }) => ({
+      jobId: run.lease.job.id,
+      token: run.lease.token,
+      outcome,
+    }));
+    const next = { tasks: this.claimTasks(), limit, leaseMs: this.config.leaseMs, workerId: this.id };
+    this.broker.settle(runs, next).then(
+      ({ accepted, leases }) => {
+        batch.forEach(({ run, info }, i) => {
+          if (info) this.logOutcome(run, info, accepted[i] === true);
+          // Asked for jobs: the slot is taken again, or none is due (the loop then waits for a
           // work hint, as after a claim that comes back short).
           this.endRun(run, true, limit === 0);
-          this.adopt(leases);
-        },
-        (err) => {
+        });
+        this.adopt(leases);
+      },
+      (err) => {
+        for (const { run } of batch) {
           // The lease will expire and the job is retried elsewhere: at-least-once, never lost.
-          this.config.logger.error({ err, jobId: job.id }, 'offload: could not record the outcome of a job');
+          this.config.logger.error(
+            { err, jobId: run.lease.job.id },
+            'offload: could not record the outcome of a job',
+          );
           this.endRun(run);
-        },
-      );
+        }
+      },
+    );
+  }
+
+  private logOutcome(run: Run, info: WriteInfo, accepted: boolean): void {
+    const { job } = run.lease;
+    const entry = {
+      jobId: job.id,
+      task: job.task,
+      attempt: job.attempts,
+      durationMs: Date.now() - info.started,
+      outcome: accepted ? info.outcome : 'lease-lost',
+      error: info.error?.message,
+    };
+    if (info.outcome === 'failed' || info.outcome === 'retrying')
+      this.config.logger.warn(entry, 'offload: job failed');
+    else this.config.logger.debug(entry, 'offload: job finished');
   }
 
   /** Run leases a write's claim handed out; hand them back when the worker cannot take them now. */

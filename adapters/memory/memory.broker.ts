@@ -8,7 +8,7 @@ import type {
   Lease,
   ListPage,
   ListQuery,
-  RunOutcome,
+  Settlement,
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
@@ -229,16 +229,17 @@ export class MemoryBroker implements Broker {
     return true;
   }
 
-  async settle(jobId: string, token: string, outcome: RunOutcome, next: ClaimRequest): Promise<SettleResult> {
-    // Each body runs synchronously when called, so nothing else runs between the two.
-    const accepted =
+  async settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult> {
+    // Each body runs synchronously when called, so nothing else runs between them.
+    const accepted = runs.map(({ jobId, token, outcome }) =>
       outcome.type === 'complete'
         ? this.complete(jobId, token, outcome.result)
         : outcome.type === 'fail'
           ? this.fail(jobId, token, outcome.error, outcome.retryAt)
-          : this.acknowledgeCancel(jobId, token);
+          : this.acknowledgeCancel(jobId, token),
+    );
     const leases = this.claim(next);
-    return { accepted: await accepted, leases: await leases };
+    return { accepted: await Promise.all(accepted), leases: await leases };
   }
 
   async release(jobId: string, token: string): Promise<boolean> {

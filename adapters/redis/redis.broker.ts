@@ -11,7 +11,7 @@ import type {
   Lease,
   ListPage,
   ListQuery,
-  RunOutcome,
+  Settlement,
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
@@ -265,45 +265,45 @@ export class RedisBroker implements Broker {
   }
 
   async complete(jobId: string, token: string, result: Json): Promise<boolean> {
-    return (await this.settle(jobId, token, { type: 'complete', result }, NO_CLAIM)).accepted;
+    return this.settleOne({ jobId, token, outcome: { type: 'complete', result } });
   }
 
   async fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
-    return (await this.settle(jobId, token, { type: 'fail', error, retryAt }, NO_CLAIM)).accepted;
+    return this.settleOne({ jobId, token, outcome: { type: 'fail', error, retryAt } });
   }
 
   async acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
-    return (await this.settle(jobId, token, { type: 'cancel' }, NO_CLAIM)).accepted;
+    return this.settleOne({ jobId, token, outcome: { type: 'cancel' } });
   }
 
   async release(jobId: string, token: string): Promise<boolean> {
-    const reply = await this.run('settle', jobId, token, 'release', '', '', 0, 0);
-    return reply[0] === 1;
+    const reply = await this.run('settle', 0, 0, 0, jobId, token, 'release', '', '');
+    return reply[0][0] === 1;
   }
 
-  async settle(jobId: string, token: string, outcome: RunOutcome, next: ClaimRequest): Promise<SettleResult> {
-    let value = '';
-    let retryAt: number | '' = '';
-    if (outcome.type === 'complete') value = JSON.stringify(outcome.result ?? null);
-    else if (outcome.type === 'fail') {
-      value = JSON.stringify(outcome.error);
-      retryAt = outcome.retryAt ?? '';
-    }
+  private async settleOne(run: Settlement): Promise<boolean> {
+    return (await this.settle([run], NO_CLAIM)).accepted[0]!;
+  }
+
+  async settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult> {
     const limit = next.tasks.length === 0 ? 0 : next.limit;
-    const reply: unknown[] = await this.run(
-      'settle',
-      jobId,
-      token,
-      outcome.type,
-      value,
-      retryAt,
-      next.leaseMs,
-      limit,
-      ...(limit > 0 ? next.tasks : []),
-    );
+    const args: (string | number)[] = [next.leaseMs, limit, limit > 0 ? next.tasks.length : 0];
+    if (limit > 0) args.push(...next.tasks);
+    let wakeAt = Number.POSITIVE_INFINITY;
+    for (const { jobId, token, outcome } of runs) {
+      if (outcome.type === 'complete') {
+        args.push(jobId, token, 'complete', JSON.stringify(outcome.result ?? null), '');
+      } else if (outcome.type === 'fail') {
+        args.push(jobId, token, 'fail', JSON.stringify(outcome.error), outcome.retryAt ?? '');
+        if (outcome.retryAt !== undefined) wakeAt = Math.min(wakeAt, outcome.retryAt);
+      } else {
+        args.push(jobId, token, 'cancel', '', '');
+      }
+    }
+    const reply: unknown[] = await this.run('settle', ...args);
     // The wake-up is published too, but a subscriber still connecting would miss it.
-    if (reply[0] === 1 && retryAt !== '' && retryAt > Date.now()) this.armWake(retryAt);
-    return { accepted: reply[0] === 1, leases: this.leasesOf(reply, 1) };
+    if (wakeAt > Date.now() && wakeAt !== Number.POSITIVE_INFINITY) this.armWake(wakeAt);
+    return { accepted: (reply[0] as number[]).map((a) => a === 1), leases: this.leasesOf(reply, 1) };
   }
 
   async cancel(
@@ -397,12 +397,13 @@ export class RedisBroker implements Broker {
   }
 
   async counts(): Promise<Record<JobStatus, number>> {
-    const [pairs, running] = (await this.run('counts')) as [string[], number];
+    const [pairs, all, running, finished] = (await this.run('counts')) as [string[], number, number, number];
     const raw: Record<string, string> = {};
     for (let i = 0; i < pairs.length; i += 2) raw[pairs[i]!] = pairs[i + 1]!;
     const out = {} as Record<JobStatus, number>;
     for (const status of JOB_STATUSES) out[status] = Number(raw[status] ?? 0);
-    out.running = Number(running);
+    out.running = running;
+    out.queued = all - running - finished;
     return out;
   }
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, it } from 'node:test';
-import type { Broker, EnqueueInput, Lease, ListPage } from '../../lib/broker.js';
+import type { Broker, ClaimRequest, EnqueueInput, Lease, ListPage, RunOutcome } from '../../lib/broker.js';
 import { BadRequestError, QueueFullError } from '../../lib/errors.js';
 import { isJobId, JOB_STATUSES, type JobEvent, type JobRecord } from '../../lib/job.js';
 import { eventually, sleep } from '../helpers/eventually.js';
@@ -632,19 +632,25 @@ export function brokerConformance(
     });
 
     describe('settle (a run ends and the slot is claimed again, in one call)', () => {
-      const next = (tasks: string[] = ['alpha'], limit = 1) => ({
+      const next = (tasks: string[] = ['alpha'], limit = 1): ClaimRequest => ({
         tasks,
         limit,
         leaseMs: LEASE_MS,
         workerId: 'conformance',
       });
+      /** One run's settle: `accepted` as a boolean. */
+      const settleOne = async (jobId: string, token: string, outcome: RunOutcome, request: ClaimRequest) => {
+        const { accepted, leases } = await broker.settle([{ jobId, token, outcome }], request);
+        assert.equal(accepted.length, 1);
+        return { accepted: accepted[0]!, leases };
+      };
 
       it('completes the run, then hands out the next due job', async () => {
         const events = await record();
         const first = await add({ payload: { i: 1 } });
         const second = await add({ payload: { i: 2 } });
         const lease = await claimOne();
-        const { accepted, leases } = await broker.settle(
+        const { accepted, leases } = await settleOne(
           first.id,
           lease.token,
           { type: 'complete', result: { rows: 3 } },
@@ -680,7 +686,7 @@ export function brokerConformance(
       it('fails, retries or acknowledges a cancel as fail and acknowledgeCancel do', async () => {
         const failed = await add({ maxAttempts: 1 });
         const lease = await claimOne();
-        const r1 = await broker.settle(
+        const r1 = await settleOne(
           failed.id,
           lease.token,
           { type: 'fail', error: { message: 'no' } },
@@ -694,7 +700,7 @@ export function brokerConformance(
         // A retry due at once is claimed again by the same call.
         const retried = await add();
         const lease2 = await claimOne();
-        const r2 = await broker.settle(
+        const r2 = await settleOne(
           retried.id,
           lease2.token,
           { type: 'fail', error: { message: 'flaky' }, retryAt: Date.now() - 1000 },
@@ -707,7 +713,7 @@ export function brokerConformance(
         assert.deepEqual(r2.leases[0]!.job.error, { message: 'flaky' });
 
         assert.equal((await broker.cancel(retried.id)).outcome, 'requested');
-        const r3 = await broker.settle(retried.id, r2.leases[0]!.token, { type: 'cancel' }, next());
+        const r3 = await settleOne(retried.id, r2.leases[0]!.token, { type: 'cancel' }, next());
         assert.equal(r3.accepted, true);
         assert.equal((await mustGet(retried.id)).status, 'canceled');
       });
@@ -716,12 +722,7 @@ export function brokerConformance(
         const job = await add();
         const lease = await claimOne();
         await broker.cancel(job.id);
-        const { accepted } = await broker.settle(
-          job.id,
-          lease.token,
-          { type: 'complete', result: 1 },
-          next(),
-        );
+        const { accepted } = await settleOne(job.id, lease.token, { type: 'complete', result: 1 }, next());
         assert.equal(accepted, true);
         const canceled = await mustGet(job.id);
         assert.equal(canceled.status, 'canceled');
@@ -733,7 +734,7 @@ export function brokerConformance(
         const lease = await claimOne();
         const waiting = await add();
         const before = await mustGet(job.id);
-        const none = await broker.settle(
+        const none = await settleOne(
           job.id,
           'not-a-token',
           { type: 'complete', result: 1 },
@@ -743,7 +744,7 @@ export function brokerConformance(
         assert.deepEqual(await mustGet(job.id), before, 'a refused settle changes nothing');
         assert.equal((await mustGet(waiting.id)).status, 'queued');
 
-        const refused = await broker.settle(job.id, 'not-a-token', { type: 'complete', result: 1 }, next());
+        const refused = await settleOne(job.id, 'not-a-token', { type: 'complete', result: 1 }, next());
         assert.equal(refused.accepted, false);
         assert.deepEqual(
           refused.leases.map((l) => l.job.id),
@@ -753,13 +754,45 @@ export function brokerConformance(
         assert.ok(await broker.complete(job.id, lease.token, 1), 'the real holder still holds');
       });
 
+      it('ends several runs in one call, each judged by its own token, and claims for all', async () => {
+        const events = await record();
+        const jobs: JobRecord[] = [];
+        for (let i = 0; i < 5; i++) jobs.push(await add({ payload: { i } }));
+        const [l0, l1, l2] = await claim(['alpha'], 3);
+        const { accepted, leases } = await broker.settle(
+          [
+            { jobId: l0!.job.id, token: l0!.token, outcome: { type: 'complete', result: 'zero' } },
+            { jobId: l1!.job.id, token: 'stale', outcome: { type: 'complete', result: 'forged' } },
+            { jobId: l2!.job.id, token: l2!.token, outcome: { type: 'fail', error: { message: 'two' } } },
+          ],
+          next(['alpha'], 3),
+        );
+        assert.deepEqual(accepted, [true, false, true]);
+        assert.equal((await mustGet(jobs[0]!.id)).result, 'zero');
+        assert.equal((await mustGet(jobs[1]!.id)).status, 'running', 'the stale write changed nothing');
+        const failed = await mustGet(jobs[2]!.id);
+        assert.equal(failed.status, 'failed', 'no retryAt: final');
+        assert.deepEqual(failed.error, { message: 'two' });
+        assert.deepEqual(
+          leases.map((l) => l.job.id),
+          [jobs[3]!.id, jobs[4]!.id],
+          'as many as asked for, if due',
+        );
+        assert.equal(new Set(leases.map((l) => l.token)).size, 2);
+        await eventually(() => eventsOf(events, jobs[4]!.id).length === 2, 'the running events');
+        assert.deepEqual(
+          eventsOf(events, jobs[0]!.id).map((e) => e.status),
+          ['queued', 'running', 'succeeded'],
+        );
+      });
+
       it('claims the oldest due job of the named tasks', async () => {
         const a = await add({ task: 'alpha' });
         const b = await add({ task: 'beta' });
         const c = await add({ task: 'gamma' });
         const lease = await claimOne('alpha');
         assert.equal(lease.job.id, a.id);
-        const r1 = await broker.settle(
+        const r1 = await settleOne(
           a.id,
           lease.token,
           { type: 'complete', result: null },
@@ -769,7 +802,7 @@ export function brokerConformance(
           r1.leases.map((l) => l.job.id),
           [b.id],
         );
-        const r2 = await broker.settle(
+        const r2 = await settleOne(
           b.id,
           r1.leases[0]!.token,
           { type: 'complete', result: null },

@@ -626,6 +626,54 @@ describe('Worker', () => {
     });
   });
 
+  describe('final writes', () => {
+    it('writes runs that end together in shared calls of at most a quarter of the slots, which refill them', async () => {
+      const inner = new MemoryBroker();
+      const settleSizes: number[] = [];
+      const claimsAsked: number[] = [];
+      let claimCalls = 0;
+      const broker = wrap(inner, {
+        claim: (request) => {
+          claimCalls++;
+          return inner.claim(request);
+        },
+        settle: (runs, next) => {
+          settleSizes.push(runs.length);
+          claimsAsked.push(next.limit);
+          return inner.settle(runs, next);
+        },
+      });
+      const app = create({ concurrency: 8 }, broker);
+      const open = gate();
+      let running = 0;
+      let most = 0;
+      app.task('wave', async (payload: { i: number }) => {
+        running++;
+        most = Math.max(most, running);
+        if (payload.i < 8) await open.promise;
+        running--;
+        return payload.i;
+      });
+      const ids: string[] = [];
+      for (let i = 0; i < 8; i++) ids.push((await app.enqueue('wave', { i })).job.id);
+      await eventually(() => running === 8, 'the first wave to run');
+      for (let i = 8; i < 16; i++) ids.push((await app.enqueue('wave', { i })).job.id);
+      const claimsBefore = claimCalls;
+      open.open();
+      for (const [i, id] of ids.entries()) assert.equal((await settled(app, id)).result, i);
+
+      assert.equal(most, 8, 'never more than concurrency');
+      // The first wave ends in one turn: 8 runs, in calls of at most 8 / 4.
+      assert.deepEqual(settleSizes.slice(0, 4), [2, 2, 2, 2]);
+      assert.ok(
+        settleSizes.every((n) => n <= 2),
+        `every call at most 2 runs: ${settleSizes}`,
+      );
+      assert.deepEqual(claimsAsked, settleSizes, 'each call claims as many jobs as runs it ends');
+      assert.equal(claimCalls, claimsBefore, 'the second wave came from the writes, not from claim()');
+    });
+  });
+
   describe('a lost lease', () => {
     it('abandons the old run: its late writes are refused and the worker keeps going', async () => {
       const inner = new MemoryBroker();
@@ -721,13 +769,13 @@ describe('Worker', () => {
       const inner = new MemoryBroker();
       let completeCalls = 0;
       const broker = wrap(inner, {
-        settle: async (...args) => {
-          if (args[2].type === 'complete') {
+        settle: async (runs, next) => {
+          if (runs[0]?.outcome.type === 'complete') {
             completeCalls++;
-            if (completeCalls === 1) return { accepted: false, leases: [] };
+            if (completeCalls === 1) return { accepted: [false], leases: [] };
             if (completeCalls === 2) throw new Error('connection reset');
           }
-          return inner.settle(...args);
+          return inner.settle(runs, next);
         },
       });
       const app = create({ leaseTime: 150 }, broker);

@@ -6,7 +6,8 @@ local k = jkey(id)
 local v = redis.call('HMGET', k, 'status', 'ownerKey', 'cancelRequested', 'seq')
 if not v[1] or (owner_check ~= '*' and v[2] ~= owner_check) then return { 'not-found' } end
 if v[1] == 'queued' then
-  publish({ finish(id, 'canceled', nil, nil) })
+  finish(id, 'canceled', nil, nil)
+  flush()
   return { 'canceled', record(id) }
 end
 if v[1] == 'running' then

@@ -16,8 +16,9 @@ if idem ~= '' then
   local existing = redis.call('GET', P .. ':i:' .. idem)
   if existing and redis.call('EXISTS', jkey(existing)) == 1 then return { 0, record(existing) } end
 end
-if ARGV[15] ~= '' and tonumber(redis.call('HGET', P .. ':cnt', 'queued') or '0') >= tonumber(ARGV[15]) then
-  return { -1 }
+if ARGV[15] ~= '' then
+  local queued = redis.call('ZCARD', P .. ':all') - redis.call('ZCARD', P .. ':run') - redis.call('ZCARD', P .. ':fin')
+  if queued >= tonumber(ARGV[15]) then return { -1 } end
 end
 local run_at_s = ARGV[9] == '' and NOW_S or ARGV[9]
 local run_at = tonumber(run_at_s)
@@ -39,8 +40,7 @@ if run_at <= NOW then add('ord', NOW_US) end
 redis.call('HSET', k, unpack(fields))
 redis.call('ZADD', P .. ':all', NOW_S, id)
 redis.call('ZADD', P .. ':o:' .. owner_key, NOW_S, id)
-count(nil, 'queued')
 schedule(id, task, run_at)
-publish({ event(id, '1', '"type":"status","status":"queued","attempts":0') })
-redis.call('PUBLISH', P .. ':work', run_at_s)
+event(id, '1', '"type":"status","status":"queued","attempts":0')
+flush()
 return { 1, NOW_S, run_at_s }

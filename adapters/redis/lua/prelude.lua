@@ -4,21 +4,24 @@
 --   P:r:<task> due job ids, FIFO (list)    P:d  not yet due (zset by runAt)
 --   P:run  running (zset by lease end)     P:fin  finished (zset by finishedAt)
 --   P:all  every job (zset by createdAt)   P:o:<owner>  one owner's jobs (zset by createdAt)
---   P:i:<hash>  idempotency key -> id      P:cnt  jobs per status, but running (hash)
+--   P:i:<hash>  idempotency key -> id      P:cnt  finished jobs per status (hash)
 --   P:tok  lease token counter
 --   channels P:events (job events: one JSON event, or a JSON array of them), P:work (wake-ups:
 --   when the job comes due, ms) and P:cancel (the id of a running job whose cancel was asked)
+-- Running jobs are the members of P:run, queued ones those of P:all in neither P:run nor P:fin.
 -- ARGV[1] is P and ARGV[2] the history limit in every script; KEYS[1] is P:cnt (routing only).
 --
--- Every redis.call costs about a microsecond on top of the command itself, more than most
--- commands here: the scripts that run for every job (enqueue, claim, settle) read a hash once,
--- write it once, and batch what they can across the jobs of one claim.
+-- Cost: a redis.call costs about as much as the command itself, and so does turning a number
+-- into text. The scripts that run for every job (enqueue, claim, settle) read a job's hash once
+-- and write it once; writes to the keys all jobs share (P:cnt, P:run, P:fin, the events
+-- channel) are collected while a script runs and made once at its end, by flush(), so a claim
+-- or a settle of many jobs costs little more per job than the hash writes.
 local P = ARGV[1]
 local HISTORY = tonumber(ARGV[2])
 
--- The server's clock: ms for job times, µs for `ord` (when a job became due: the order of
--- claims across tasks). Numbers past 14 digits go to redis.call as numbers, never through `..`.
--- NOW_S is NOW as text, made once: turning a number into text costs about as much as a command.
+-- The server's clock: ms for job times (NOW, and NOW_S as text, made once), µs for `ord` (when a
+-- job became due: the order of claims across tasks). Numbers past 14 digits go to redis.call as
+-- numbers, never through `..` (which keeps 14 significant digits).
 local NOW, NOW_S, NOW_US
 do
   local t = redis.call('TIME')
@@ -29,30 +32,55 @@ end
 
 local function jkey(id) return P .. ':j:' .. id end
 
--- Running jobs are not counted in P:cnt: they are exactly the members of P:run.
-local function count(from, to, n)
-  n = n or 1
-  if from and from ~= 'running' then redis.call('HINCRBY', P .. ':cnt', from, -n) end
-  if to and to ~= 'running' then redis.call('HINCRBY', P .. ':cnt', to, n) end
+-- Collected writes (see flush).
+local finished = {}      -- status -> jobs that ended so (P:cnt)
+local run_del, run_add, fin_del, fin_add = {}, {}, {}, {}
+local published = {}     -- events for P:events
+local woken = nil        -- earliest due time to publish on P:work
+
+-- A variadic command over a long list, in chunks (Lua's unpack has a limit).
+local function variadic(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
 end
 
--- Append an event to the job's history and return it for publish(). The caller stored `seq` in
+-- A job left status `from` for `to`: only finished statuses are counted in P:cnt.
+local function count(from, to)
+  if from == 'succeeded' or from == 'failed' or from == 'canceled' then finished[from] = (finished[from] or 0) - 1 end
+  if to == 'succeeded' or to == 'failed' or to == 'canceled' then finished[to] = (finished[to] or 0) + 1 end
+end
+
+local function wake(run_at)
+  if not woken or run_at < woken then woken = run_at end
+end
+
+-- Make the collected writes. Every script that changes a job calls it last.
+local function flush()
+  for status, n in pairs(finished) do
+    if n ~= 0 then redis.call('HINCRBY', P .. ':cnt', status, n) end
+  end
+  -- Removals first: a job re-queued and claimed again in one script leaves P:run, then re-enters.
+  if #run_del > 0 then variadic('ZREM', P .. ':run', run_del) end
+  if #run_add > 0 then variadic('ZADD', P .. ':run', run_add) end
+  if #fin_del > 0 then variadic('ZREM', P .. ':fin', fin_del) end
+  if #fin_add > 0 then variadic('ZADD', P .. ':fin', fin_add) end
+  if #published == 1 then
+    redis.call('PUBLISH', P .. ':events', published[1])
+  elseif #published > 1 then
+    redis.call('PUBLISH', P .. ':events', '[' .. table.concat(published, ',') .. ']')
+  end
+  if woken then redis.call('PUBLISH', P .. ':work', woken) end
+end
+
+-- Append an event to the job's history; it is published at flush(). The caller stored `seq` in
 -- the hash. `body` is the JSON members after jobId, seq and at; JSON values in it (result,
 -- error, progress) are stored text, never re-encoded.
 local function event(id, seq, body)
   local e = '{"jobId":"' .. id .. '","seq":' .. seq .. ',"at":' .. NOW_S .. ',' .. body .. '}'
   local history = P .. ':e:' .. id
   if redis.call('RPUSH', history, e) > HISTORY then redis.call('LTRIM', history, -HISTORY, -1) end
-  return e
-end
-
--- One message for the events of one script run (a claim's jobs go together).
-local function publish(events)
-  if #events == 1 then
-    redis.call('PUBLISH', P .. ':events', events[1])
-  elseif #events > 1 then
-    redis.call('PUBLISH', P .. ':events', '[' .. table.concat(events, ',') .. ']')
-  end
+  published[#published + 1] = e
 end
 
 local function held(id, token)
@@ -60,18 +88,19 @@ local function held(id, token)
   return v[1] == 'running' and v[2] == token
 end
 
--- Onto its task's ready list if due, else into P:d. A job put on a ready list must have its
--- `ord` stored by the caller.
+-- Onto its task's ready list if due, else into P:d; workers are told either way. A job put on
+-- a ready list must have its `ord` stored by the caller.
 local function schedule(id, task, run_at)
   if run_at <= NOW then
     redis.call('RPUSH', P .. ':r:' .. task, id)
   else
     redis.call('ZADD', P .. ':d', run_at, id)
   end
+  wake(run_at)
 end
 
--- A job record: these fields in this order (RedisBroker's RECORD_FIELDS reads them by position;
--- a missing one is nil), then, from record(), its log lines as a JSON array.
+-- A job record: these fields in this order (RedisBroker's toRecord reads them by position; a
+-- missing one is nil), then, from record(), its log lines as a JSON array.
 local RECORD = { 'id', 'task', 'payload', 'status', 'progress', 'result', 'error', 'attempts',
   'maxAttempts', 'runAt', 'createdAt', 'startedAt', 'finishedAt', 'expireAt', 'timeoutMs', 'owner',
   'idempotencyKey', 'payloadHash', 'cancelRequested', 'seq' }
@@ -87,7 +116,6 @@ local function record(id)
 end
 
 -- End the job. `cur` is its status, attempts, error and seq, when the caller read them already.
--- Returns the event for publish().
 local function finish(id, status, result, err, cur)
   local k = jkey(id)
   cur = cur or redis.call('HMGET', k, 'status', 'attempts', 'error', 'seq')
@@ -98,15 +126,16 @@ local function finish(id, status, result, err, cur)
   if err then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
   -- The lease token stays: with the status no longer 'running', no write of that run is held.
   redis.call('HSET', k, unpack(fields))
-  if from == 'running' then redis.call('ZREM', P .. ':run', id) end
-  redis.call('ZADD', P .. ':fin', NOW_S, id)
+  if from == 'running' then run_del[#run_del + 1] = id end
+  fin_add[#fin_add + 1] = NOW_S
+  fin_add[#fin_add + 1] = id
   local r, e = 'null', err or cur[3] or 'null'
   if status == 'succeeded' then r, e = result, 'null' end
-  return event(id, seq, '"type":"status","status":"' .. status .. '","attempts":' .. cur[2] .. ',"result":' .. r .. ',"error":' .. e)
+  event(id, seq, '"type":"status","status":"' .. status .. '","attempts":' .. cur[2] .. ',"result":' .. r .. ',"error":' .. e)
 end
 
 -- Back to queued (retry, lost lease, release, admin retry): `err` is the job's error from now on
--- ('null' clears it). Publishes the event and the wake-up.
+-- ('null' clears it).
 local function requeue(id, run_at, err)
   local k = jkey(id)
   local v = redis.call('HMGET', k, 'status', 'task', 'attempts', 'seq')
@@ -116,26 +145,25 @@ local function requeue(id, run_at, err)
   if err ~= 'null' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
   redis.call('HSET', k, unpack(fields))
   if err == 'null' then redis.call('HDEL', k, 'error') end
-  if v[1] == 'running' then redis.call('ZREM', P .. ':run', id) else redis.call('ZREM', P .. ':fin', id) end
+  if v[1] == 'running' then run_del[#run_del + 1] = id else fin_del[#fin_del + 1] = id end
   schedule(id, v[2], run_at)
-  publish({ event(id, seq, '"type":"status","status":"queued","attempts":' .. v[3] .. ',"error":' .. err) })
-  redis.call('PUBLISH', P .. ':work', run_at)
+  event(id, seq, '"type":"status","status":"queued","attempts":' .. v[3] .. ',"error":' .. err)
 end
 
 local function due_now(status, run_at) return status == 'queued' and tonumber(run_at) <= NOW end
 
--- Lease up to `limit` due jobs of the tasks ARGV[first_task..], oldest first, for `lease_ms`;
--- fail those past their age limit that never started. Appends token, record (without logs) for
--- each to `out`, and their events to `events`. Returns how many it leased and when the next delayed job comes
--- due ('' when none, or when the limit was reached: the caller comes back anyway).
-local function claim_due(limit, lease_ms, first_task, out, events)
-  if limit < 1 then return 0, '' end
+-- Lease up to `limit` due jobs of `tasks`, oldest first, for `lease_ms`; fail those past their
+-- age limit that never started. Appends token, record (without logs) for each to `out`. Returns
+-- when the next delayed job comes due ('' when none, or when the limit was reached: the caller
+-- comes back anyway).
+local function claim_due(limit, lease_ms, tasks, out)
+  if limit < 1 or #tasks == 0 then return '' end
   local lease_until = NOW + lease_ms
 
   -- Promote what came due, in the order it came due.
   local due = redis.call('ZRANGEBYSCORE', P .. ':d', '-inf', NOW, 'LIMIT', 0, 1000)
   if #due > 0 then
-    redis.call('ZREM', P .. ':d', unpack(due))
+    variadic('ZREM', P .. ':d', due)
     for _, id in ipairs(due) do
       local v = redis.call('HMGET', jkey(id), 'status', 'runAt', 'task')
       -- Stale entries (canceled, or re-scheduled since) are dropped.
@@ -150,8 +178,8 @@ local function claim_due(limit, lease_ms, first_task, out, events)
   -- nil when none. Entries whose job is no longer queued (canceled, claimed again after a
   -- requeue) are dropped.
   local take
-  if #ARGV == first_task then
-    local list = P .. ':r:' .. ARGV[first_task]
+  if #tasks == 1 then
+    local list = P .. ':r:' .. tasks[1]
     take = function()
       while true do
         local id = redis.call('LPOP', list)
@@ -174,8 +202,8 @@ local function claim_due(limit, lease_ms, first_task, out, events)
     end
     take = function()
       local best, best_list
-      for i = first_task, #ARGV do
-        local list = P .. ':r:' .. ARGV[i]
+      for _, task in ipairs(tasks) do
+        local list = P .. ':r:' .. task
         if heads[list] == nil then heads[list] = peek(list) end
         local head = heads[list]
         if head and (not best or head[2] < best[2]) then best, best_list = head, list end
@@ -187,14 +215,13 @@ local function claim_due(limit, lease_ms, first_task, out, events)
     end
   end
 
-  local running = {}
   local taken = 0
   local token_base
   while taken < limit do
     local id, v = take()
     if not id then break end
     if v[R_EXPIRE_AT] and not v[R_STARTED_AT] and tonumber(v[R_EXPIRE_AT]) <= NOW then
-      events[#events + 1] = finish(id, 'failed', nil,
+      finish(id, 'failed', nil,
         '{"message":"The job was not started before its age limit.","code":"ERR_OFFLOAD_EXPIRED"}',
         { v[R_STATUS], v[R_ATTEMPTS], v[R_ERROR], v[R_SEQ] })
     else
@@ -205,19 +232,15 @@ local function claim_due(limit, lease_ms, first_task, out, events)
       local attempts, seq = tonumber(v[R_ATTEMPTS]) + 1, tonumber(v[R_SEQ]) + 1
       redis.call('HSET', jkey(id), 'status', 'running', 'startedAt', NOW_S, 'token', token,
         'leaseUntil', lease_until, 'attempts', attempts, 'seq', seq)
-      running[#running + 1] = lease_until
-      running[#running + 1] = id
-      events[#events + 1] = event(id, seq, '"type":"status","status":"running","attempts":' .. attempts)
+      run_add[#run_add + 1] = lease_until
+      run_add[#run_add + 1] = id
+      event(id, seq, '"type":"status","status":"running","attempts":' .. attempts)
       v[R_STATUS], v[R_STARTED_AT], v[R_ATTEMPTS], v[R_SEQ] = 'running', NOW_S, attempts, seq
       out[#out + 1] = token
       out[#out + 1] = v
     end
   end
-  if taken > 0 then
-    count('queued', nil, taken)
-    redis.call('ZADD', P .. ':run', unpack(running))
-  end
-  if taken == limit then return taken, '' end
+  if taken == limit then return '' end
   local next_due = redis.call('ZRANGE', P .. ':d', 0, 0, 'WITHSCORES')
-  return taken, next_due[2] or ''
+  return next_due[2] or ''
 end

@@ -5,7 +5,7 @@ local done = redis.call('ZRANGEBYSCORE', P .. ':fin', '-inf', '(' .. ARGV[3], 'L
 for _, id in ipairs(done) do
   local k = jkey(id)
   local v = redis.call('HMGET', k, 'status', 'ownerKey', 'idem')
-  redis.call('ZREM', P .. ':fin', id)
+  fin_del[#fin_del + 1] = id
   if v[1] then
     count(v[1], nil)
     redis.call('ZREM', P .. ':all', id)
@@ -14,4 +14,5 @@ for _, id in ipairs(done) do
     redis.call('DEL', k, P .. ':e:' .. id, P .. ':l:' .. id)
   end
 end
+flush()
 return #done

@@ -8,12 +8,13 @@ local touched = 0
 for _, id in ipairs(expired) do
   local v = redis.call('HMGET', jkey(id), 'status', 'cancelRequested', 'attempts', 'maxAttempts')
   if v[1] ~= 'running' then
-    redis.call('ZREM', P .. ':run', id)
+    run_del[#run_del + 1] = id
   else
     touched = touched + 1
-    if v[2] == '1' then publish({ finish(id, 'canceled', nil, nil) })
-    elseif tonumber(v[3]) >= tonumber(v[4]) then publish({ finish(id, 'failed', nil, err) })
+    if v[2] == '1' then finish(id, 'canceled', nil, nil)
+    elseif tonumber(v[3]) >= tonumber(v[4]) then finish(id, 'failed', nil, err)
     else requeue(id, NOW, err) end
   end
 end
+flush()
 return touched

@@ -7,4 +7,5 @@ if status ~= 'failed' and status ~= 'canceled' then return false end
 redis.call('HSET', k, 'attempts', 0, 'cancelRequested', '0')
 redis.call('HDEL', k, 'result', 'progress', 'startedAt', 'finishedAt', 'expireAt')
 requeue(id, NOW, 'null')
+flush()
 return record(id)
