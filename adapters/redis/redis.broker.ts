@@ -185,21 +185,25 @@ export class RedisBroker implements Broker {
     // Read before sending: a subscription confirmed by then is sure to see this enqueue's PUBLISH.
     const subscribed = this.workSubscribed;
     const id = randomUUID();
-    const payload = JSON.stringify(input.payload);
+    const specJson = JSON.stringify({
+      id,
+      task: input.task,
+      payload: input.payload,
+      maxAttempts: input.maxAttempts,
+      timeoutMs: input.timeoutMs ?? null,
+      owner: input.owner,
+      idempotencyKey: input.idempotencyKey || null,
+      payloadHash: input.payloadHash || null,
+    } satisfies Spec);
     const reply = await this.run(
       'enqueue',
       id,
       input.task,
-      payload,
+      specJson,
       ownerKey(input.owner),
-      input.owner ?? '',
-      input.maxAttempts,
       input.runAt ?? '',
       input.expireAt ?? '',
-      input.timeoutMs ?? '',
       idem,
-      input.idempotencyKey ?? '',
-      input.payloadHash ?? '',
       input.maxQueued ?? '',
     );
     if (reply[0] === -1) throw new QueueFullError(input.maxQueued!);
@@ -208,7 +212,7 @@ export class RedisBroker implements Broker {
     const job: JobRecord = {
       id,
       task: input.task,
-      payload: JSON.parse(payload) as Json,
+      payload: (JSON.parse(specJson) as Spec).payload,
       status: 'queued',
       progress: null,
       result: null,
@@ -502,37 +506,50 @@ function isClient(value: object): value is Client {
   return typeof (value as { defineCommand?: unknown }).defineCommand === 'function';
 }
 
-/** The fields of a record as the scripts send them (prelude.lua's RECORD, same order), then logs. */
+/** What never changes after enqueue, stored as one JSON field (prelude.lua's `spec`). */
+interface Spec {
+  id: string;
+  task: string;
+  payload: Json;
+  maxAttempts: number;
+  timeoutMs: number | null;
+  owner: string | null;
+  idempotencyKey: string | null;
+  payloadHash: string | null;
+}
+
+/** A record as the scripts send it: prelude.lua's RECORD fields by position, then logs. */
 type RecordReply = (string | number | null)[];
 
 const json = (value: string | number | null): unknown => (value === null ? null : JSON.parse(String(value)));
 const num = (value: string | number | null): number | null => (value === null ? null : Number(value));
 
-/** A job record from a script's reply: prelude.lua's RECORD fields by position, then logs. */
+/** A job record from a script's reply. */
 function toRecord(v: RecordReply): JobRecord {
+  const spec = JSON.parse(String(v[0])) as Spec;
   return {
-    id: String(v[0]),
-    task: String(v[1]),
-    payload: json(v[2]) as Json,
-    status: v[3] as JobStatus,
-    progress: json(v[4]) as JobProgress | null,
-    result: json(v[5]) as Json,
-    error: json(v[6]) as JobError | null,
-    attempts: Number(v[7]),
-    maxAttempts: Number(v[8]),
-    runAt: Number(v[9]),
-    createdAt: Number(v[10]),
-    startedAt: num(v[11]),
-    finishedAt: num(v[12]),
-    expireAt: num(v[13]),
-    timeoutMs: num(v[14]),
-    owner: v[15] === null ? null : String(v[15]),
-    idempotencyKey: v[16] === null ? null : String(v[16]),
-    payloadHash: v[17] === null ? null : String(v[17]),
-    cancelRequested: v[18] === '1',
-    seq: Number(v[19]),
+    id: spec.id,
+    task: spec.task,
+    payload: spec.payload,
+    status: v[1] as JobStatus,
+    progress: json(v[2]) as JobProgress | null,
+    result: json(v[3]) as Json,
+    error: json(v[4]) as JobError | null,
+    attempts: Number(v[5]),
+    maxAttempts: spec.maxAttempts,
+    runAt: Number(v[6]),
+    createdAt: Number(v[7]),
+    startedAt: num(v[8]),
+    finishedAt: num(v[9]),
+    expireAt: num(v[10]),
+    timeoutMs: spec.timeoutMs,
+    owner: spec.owner,
+    idempotencyKey: spec.idempotencyKey,
+    payloadHash: spec.payloadHash,
+    cancelRequested: v[11] === '1',
+    seq: Number(v[12]),
     // A claim sends no logs (the worker has no use for them).
-    logs: v[20] === undefined || v[20] === null ? [] : (json(v[20]) as string[]),
+    logs: v[13] === undefined || v[13] === null ? [] : (json(v[13]) as string[]),
   };
 }
 

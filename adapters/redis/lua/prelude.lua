@@ -100,11 +100,13 @@ local function schedule(id, task, run_at)
 end
 
 -- A job record: these fields in this order (RedisBroker's toRecord reads them by position; a
--- missing one is nil), then, from record(), its log lines as a JSON array.
-local RECORD = { 'id', 'task', 'payload', 'status', 'progress', 'result', 'error', 'attempts',
-  'maxAttempts', 'runAt', 'createdAt', 'startedAt', 'finishedAt', 'expireAt', 'timeoutMs', 'owner',
-  'idempotencyKey', 'payloadHash', 'cancelRequested', 'seq' }
-local R_STATUS, R_ERROR, R_ATTEMPTS, R_RUN_AT, R_STARTED_AT, R_EXPIRE_AT, R_SEQ = 4, 7, 8, 10, 12, 14, 20
+-- missing one is nil), then, from record(), its log lines as a JSON array. `spec` is the JSON
+-- of what never changes after enqueue (id, task, payload, maxAttempts, timeoutMs, owner,
+-- idempotencyKey, payloadHash), made by the client: one field to read instead of eight (a
+-- field read costs about a microsecond; a claim reads every job it hands out).
+local RECORD = { 'spec', 'status', 'progress', 'result', 'error', 'attempts', 'runAt', 'createdAt',
+  'startedAt', 'finishedAt', 'expireAt', 'cancelRequested', 'seq' }
+local R_STATUS, R_ERROR, R_ATTEMPTS, R_RUN_AT, R_STARTED_AT, R_EXPIRE_AT, R_SEQ = 2, 5, 6, 7, 9, 11, 13
 
 local function read(id) return redis.call('HMGET', jkey(id), unpack(RECORD)) end
 

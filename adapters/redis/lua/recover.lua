@@ -6,13 +6,13 @@ local expired = redis.call('ZRANGEBYSCORE', P .. ':run', '-inf', NOW, 'LIMIT', 0
 local err = '{"message":"The worker running the job stopped renewing its lease.","code":"ERR_OFFLOAD_LEASE_EXPIRED"}'
 local touched = 0
 for _, id in ipairs(expired) do
-  local v = redis.call('HMGET', jkey(id), 'status', 'cancelRequested', 'attempts', 'maxAttempts')
+  local v = redis.call('HMGET', jkey(id), 'status', 'cancelRequested', 'attempts', 'spec')
   if v[1] ~= 'running' then
     run_del[#run_del + 1] = id
   else
     touched = touched + 1
     if v[2] == '1' then finish(id, 'canceled', nil, nil)
-    elseif tonumber(v[3]) >= tonumber(v[4]) then finish(id, 'failed', nil, err)
+    elseif tonumber(v[3]) >= cjson.decode(v[4]).maxAttempts then finish(id, 'failed', nil, err)
     else requeue(id, NOW, err) end
   end
 end
