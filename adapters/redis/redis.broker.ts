@@ -84,9 +84,14 @@ function loadSources(): Record<ScriptName, string> {
   if (!sources) {
     // This file runs from build/adapters/redis/; the .lua files ship in adapters/redis/lua.
     const dir = join(__dirname, '../../../adapters/redis/lua');
-    const prelude = readFileSync(join(dir, 'prelude.lua'), 'utf8');
+    const read = (file: string) => readFileSync(join(dir, file), 'utf8');
+    const prelude = read('prelude.lua');
+    // Every chunk of Lua a script carries runs at each call: claim_due only goes where it is used.
+    const claiming = `${prelude}\n${read('claim-due.lua')}`;
     const out = {} as Record<ScriptName, string>;
-    for (const name of SCRIPTS) out[name] = `${prelude}\n${readFileSync(join(dir, `${name}.lua`), 'utf8')}`;
+    for (const name of SCRIPTS) {
+      out[name] = `${name === 'claim' || name === 'settle' ? claiming : prelude}\n${read(`${name}.lua`)}`;
+    }
     sources = out;
   }
   return sources;
