@@ -1,0 +1,3 @@
+// The `offload/postgres` entry point.
+export { latestVersion, type Migration, migrate, migrationSql } from './migrations.js';
+export { fromUrl, PostgresBroker, type PostgresBrokerOptions } from './postgres.broker.js';

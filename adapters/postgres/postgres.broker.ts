@@ -1,0 +1,644 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { Client, Pool, PoolConfig } from 'pg';
+import type {
+  Broker,
+  CancelOutcome,
+  ClaimRequest,
+  EnqueueInput,
+  EnqueueResult,
+  Lease,
+  ListPage,
+  ListQuery,
+  Settlement,
+  SettleResult,
+  Unsubscribe,
+} from '../../lib/broker.js';
+import { requireDriver } from '../../lib/broker-url.js';
+import { ConfigError, QueueFullError } from '../../lib/errors.js';
+import {
+  JOB_STATUSES,
+  type JobError,
+  type JobEvent,
+  type JobProgress,
+  type JobRecord,
+  type JobStatus,
+  type Json,
+} from '../../lib/job.js';
+import { decodeCursor, encodeCursor } from '../../lib/list-cursor.js';
+import { checkSchemaName, latestVersion, migrate, schemaVersion } from './migrations.js';
+
+export interface PostgresBrokerOptions {
+  /**
+   * A `pg.Pool` the app already has (yours to end), a connection string, or pool options (the
+   * broker makes and ends the pool). @defaultValue 'postgres://postgres@127.0.0.1:5432/postgres'
+   */
+  connection?: Pool | string | PoolConfig;
+  /** The schema holding offload's tables and functions. @defaultValue 'offload' */
+  schema?: string;
+  /**
+   * Create or migrate the schema on first use (under an advisory lock). `false`: only check that
+   * it is at the version this offload needs (apply `migrationSql()` yourself). @defaultValue true
+   */
+  migrate?: boolean;
+  /** Events kept per job for `Last-Event-ID` resume. @defaultValue 100 */
+  historyLimit?: number;
+  /** Log lines kept per job. @defaultValue 100 */
+  logLimit?: number;
+}
+
+type PgModule = typeof import('pg');
+
+/** Function calls a client's request waits on: they get a short connection timeout (503 fast). */
+const CONNECT_TIMEOUT_MS = 2000;
+
+/**
+ * A broker on PostgreSQL: every state change is one call of a function in the broker's schema
+ * (adapters/postgres/sql), one transaction. Workers claim with `FOR UPDATE SKIP LOCKED`; one
+ * LISTEN connection per broker carries wake-ups, cancels and job events to every process.
+ */
+export class PostgresBroker implements Broker {
+  readonly pool: Pool;
+  readonly schema: string;
+  private readonly ownsPool: boolean;
+  private readonly pg: PgModule;
+  private readonly historyLimit: number;
+  private readonly logLimit: number;
+  private readonly autoMigrate: boolean;
+  /** Statement names: prepared once per connection. */
+  private readonly names: Record<string, string>;
+  private readonly channels: { events: string; work: string; cancel: string };
+  private ready: Promise<void> | null = null;
+  private readonly listeners = new Set<(event: JobEvent) => void>();
+  private readonly workListeners = new Set<() => void>();
+  private readonly cancelListeners = new Set<(jobId: string) => void>();
+  private listener: Client | null = null;
+  private listening: Promise<void> | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private wakeTimer: NodeJS.Timeout | null = null;
+  private wakeAt = Number.POSITIVE_INFINITY;
+  private closed = false;
+
+  constructor(options: PostgresBrokerOptions = {}) {
+    this.pg = requireDriver<PgModule>('pg', 'the PostgreSQL broker');
+    const connection = options.connection ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+    if (connection instanceof this.pg.Pool) {
+      this.pool = connection;
+      this.ownsPool = false;
+    } else {
+      const config: PoolConfig =
+        typeof connection === 'string' ? { connectionString: connection } : { ...connection };
+      config.connectionTimeoutMillis ??= CONNECT_TIMEOUT_MS;
+      this.pool = new this.pg.Pool(config);
+      this.ownsPool = true;
+      // An idle client that loses its connection is reported here; unhandled, it ends the process.
+      this.pool.on('error', () => {});
+    }
+    this.schema = options.schema ?? 'offload';
+    checkSchemaName(this.schema);
+    this.autoMigrate = options.migrate ?? true;
+    this.historyLimit = options.historyLimit ?? 100;
+    this.logLimit = options.logLimit ?? 100;
+    const tag = createHash('sha1').update(this.schema).digest('hex').slice(0, 8);
+    this.names = {};
+    for (const fn of ['enqueue', 'claim', 'settle', 'renew', 'progress', 'log', 'get', 'history', 'cancel']) {
+      this.names[fn] = `offload_${tag}_${fn}`;
+    }
+    this.channels = {
+      events: `${this.schema}:events`,
+      work: `${this.schema}:work`,
+      cancel: `${this.schema}:cancel`,
+    };
+  }
+
+  /** Migrate (or check) the schema once, before the first statement. */
+  private init(): Promise<void> {
+    if (!this.ready) {
+      this.ready = (async () => {
+        if (this.autoMigrate) {
+          await migrate(this.pool, this.schema);
+          return;
+        }
+        const version = await schemaVersion(this.pool, this.schema);
+        if (version < latestVersion()) {
+          throw new ConfigError(
+            `The PostgreSQL schema "${this.schema}" is at version ${version}; this offload needs ${latestVersion()}. ` +
+              `Apply migrationSql({ schema: '${this.schema}', fromVersion: ${version} }) or let the broker migrate.`,
+          );
+        }
+      })();
+      // A failed start (database down) is tried again by the next call.
+      this.ready.catch(() => {
+        this.ready = null;
+      });
+    }
+    return this.ready;
+  }
+
+  /** Run one of the schema's functions through a named (prepared) statement. */
+  private async call<T>(name: string, sql: string, values: unknown[]): Promise<T> {
+    await this.init();
+    const result = await this.pool.query({ name: this.names[name], text: sql, values });
+    return result.rows[0]?.r as T;
+  }
+
+  private get s(): string {
+    return `"${this.schema}"`;
+  }
+
+  async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
+    const idem = input.idempotencyKey
+      ? createHash('sha256')
+          .update(JSON.stringify([input.owner, input.task, input.idempotencyKey]))
+          .digest('base64url')
+      : null;
+    const id = randomUUID();
+    const payload = JSON.stringify(input.payload);
+    const reply = await this.call<string | null>(
+      'enqueue',
+      `SELECT ${this.s}.enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS r`,
+      [
+        id,
+        input.task,
+        payload,
+        input.owner,
+        input.maxAttempts,
+        input.runAt ?? null,
+        input.expireAt ?? null,
+        input.timeoutMs ?? null,
+        idem,
+        input.idempotencyKey || null,
+        input.payloadHash || null,
+        input.maxQueued ?? null,
+      ],
+    );
+    if (reply === null) throw new QueueFullError(input.maxQueued!);
+    const parsed = JSON.parse(reply) as {
+      created: boolean;
+      createdAt: number;
+      runAt: number;
+      job?: RawRecord;
+    };
+    if (!parsed.created) return { job: toRecord(parsed.job!), created: false };
+    const job: JobRecord = {
+      id,
+      task: input.task,
+      payload: JSON.parse(payload) as Json,
+      status: 'queued',
+      progress: null,
+      result: null,
+      error: null,
+      attempts: 0,
+      maxAttempts: input.maxAttempts,
+      runAt: parsed.runAt,
+      createdAt: parsed.createdAt,
+      startedAt: null,
+      finishedAt: null,
+      expireAt: input.expireAt ?? null,
+      timeoutMs: input.timeoutMs ?? null,
+      owner: input.owner,
+      idempotencyKey: input.idempotencyKey || null,
+      payloadHash: input.payloadHash || null,
+      cancelRequested: false,
+      seq: 1,
+      logs: [],
+    };
+    // NOTIFY reaches this process's listener too, but one still connecting would miss it.
+    if (input.runAt !== undefined && input.runAt > Date.now()) this.armWake(input.runAt);
+    else this.notifyWork();
+    return { job, created: true };
+  }
+
+  async claim(request: ClaimRequest): Promise<Lease[]> {
+    if (request.tasks.length === 0 || request.limit < 1) return [];
+    const reply = await this.call<string>('claim', `SELECT ${this.s}.claim($1, $2, $3, $4) AS r`, [
+      request.tasks,
+      request.limit,
+      request.leaseMs,
+      this.historyLimit,
+    ]);
+    return this.leasesOf(JSON.parse(reply) as ClaimReply);
+  }
+
+  private leasesOf(reply: ClaimReply): Lease[] {
+    // The earliest job not yet due: wake this process's workers then, not at the next poll.
+    if (reply.nextDue !== null) this.armWake(reply.nextDue);
+    return reply.leases.map((raw) => ({ token: raw.token!, job: toRecord(raw) }));
+  }
+
+  async settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult> {
+    const ids: string[] = [];
+    const tokens: (string | null)[] = [];
+    const outcomes: string[] = [];
+    const values: (string | null)[] = [];
+    const retryAts: (number | null)[] = [];
+    for (const { jobId, token, outcome } of runs) {
+      ids.push(jobId);
+      tokens.push(isToken(token) ? token : null);
+      outcomes.push(outcome.type);
+      if (outcome.type === 'complete') {
+        values.push(JSON.stringify(outcome.result ?? null));
+        retryAts.push(null);
+      } else if (outcome.type === 'fail') {
+        values.push(JSON.stringify(outcome.error));
+        retryAts.push(outcome.retryAt ?? null);
+        if (outcome.retryAt !== undefined && outcome.retryAt > Date.now()) this.armWake(outcome.retryAt);
+      } else {
+        values.push(null);
+        retryAts.push(null);
+      }
+    }
+    return this.settleRaw(ids, tokens, outcomes, values, retryAts, next);
+  }
+
+  private async settleRaw(
+    ids: string[],
+    tokens: (string | null)[],
+    outcomes: string[],
+    values: (string | null)[],
+    retryAts: (number | null)[],
+    next: ClaimRequest,
+  ): Promise<SettleResult> {
+    const reply = await this.call<string>(
+      'settle',
+      `SELECT ${this.s}.settle($1, $2, $3, $4, $5, $6, $7, $8, $9) AS r`,
+      [ids, tokens, outcomes, values, retryAts, next.tasks, next.limit, next.leaseMs, this.historyLimit],
+    );
+    const parsed = JSON.parse(reply) as ClaimReply & { accepted: boolean[] };
+    return { accepted: parsed.accepted, leases: this.leasesOf(parsed) };
+  }
+
+  private async settleOne(
+    jobId: string,
+    token: string,
+    outcome: string,
+    value: string | null,
+    retryAt?: number,
+  ) {
+    const { accepted } = await this.settleRaw(
+      [jobId],
+      [isToken(token) ? token : null],
+      [outcome],
+      [value],
+      [retryAt ?? null],
+      NO_CLAIM,
+    );
+    return accepted[0] === true;
+  }
+
+  complete(jobId: string, token: string, result: Json): Promise<boolean> {
+    return this.settleOne(jobId, token, 'complete', JSON.stringify(result ?? null));
+  }
+
+  fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
+    if (retryAt !== undefined && retryAt > Date.now()) this.armWake(retryAt);
+    return this.settleOne(jobId, token, 'fail', JSON.stringify(error), retryAt);
+  }
+
+  acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
+    return this.settleOne(jobId, token, 'cancel', null);
+  }
+
+  release(jobId: string, token: string): Promise<boolean> {
+    return this.settleOne(jobId, token, 'release', null);
+  }
+
+  async renew(jobId: string, token: string, leaseMs: number): Promise<{ cancelRequested: boolean } | null> {
+    if (!isToken(token)) return null;
+    const reply = await this.call<boolean | null>('renew', `SELECT ${this.s}.renew($1, $2, $3) AS r`, [
+      jobId,
+      token,
+      leaseMs,
+    ]);
+    return reply === null || reply === undefined ? null : { cancelRequested: reply };
+  }
+
+  async progress(jobId: string, token: string, progress: JobProgress): Promise<boolean> {
+    if (!isToken(token)) return false;
+    return this.call<boolean>('progress', `SELECT ${this.s}.progress($1, $2, $3, $4) AS r`, [
+      jobId,
+      token,
+      JSON.stringify(progress),
+      this.historyLimit,
+    ]);
+  }
+
+  async log(jobId: string, token: string, line: string): Promise<boolean> {
+    if (!isToken(token)) return false;
+    return this.call<boolean>('log', `SELECT ${this.s}.append_log($1, $2, $3, $4) AS r`, [
+      jobId,
+      token,
+      line,
+      this.logLimit,
+    ]);
+  }
+
+  async cancel(
+    jobId: string,
+    owner?: string | null,
+  ): Promise<{ outcome: CancelOutcome; job: JobRecord | null }> {
+    if (!isUuid(jobId)) return { outcome: 'not-found', job: null };
+    const reply = await this.call<string>('cancel', `SELECT ${this.s}.cancel($1, $2, $3, $4) AS r`, [
+      jobId,
+      owner !== undefined,
+      owner ?? null,
+      this.historyLimit,
+    ]);
+    const parsed = JSON.parse(reply) as { outcome: CancelOutcome; job: RawRecord | null };
+    return { outcome: parsed.outcome, job: parsed.job ? toRecord(parsed.job) : null };
+  }
+
+  async retry(jobId: string): Promise<JobRecord | null> {
+    if (!isUuid(jobId)) return null;
+    await this.init();
+    const { rows } = await this.pool.query(`SELECT ${this.s}.retry($1, $2) AS r`, [jobId, this.historyLimit]);
+    const reply = rows[0]?.r as string | null;
+    return reply ? toRecord(JSON.parse(reply) as RawRecord) : null;
+  }
+
+  async get(jobId: string): Promise<JobRecord | null> {
+    if (!isUuid(jobId)) return null;
+    const reply = await this.call<string | undefined>(
+      'get',
+      `SELECT ${this.s}.job_json(j, true) AS r FROM ${this.s}.job j WHERE id = $1`,
+      [jobId],
+    );
+    return reply ? toRecord(JSON.parse(reply) as RawRecord) : null;
+  }
+
+  async list(query: ListQuery): Promise<ListPage> {
+    await this.init();
+    const where: string[] = [];
+    const values: unknown[] = [];
+    const add = (sql: string, value: unknown) => {
+      values.push(value);
+      where.push(sql.replace('?', `$${values.length}`));
+    };
+    if (query.owner !== undefined) {
+      if (query.owner === null) where.push('owner IS NULL');
+      else add('owner = ?', query.owner);
+    }
+    if (query.status) add('status = ?', query.status);
+    if (query.task) add('task = ?', query.task);
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    if (after) {
+      values.push(after.createdAt, after.id);
+      where.push(`(created_at, id) < ($${values.length - 1}, $${values.length})`);
+    }
+    values.push(query.limit + 1);
+    const { rows } = await this.pool.query(
+      `SELECT ${this.s}.job_json(j, true) AS r FROM ${this.s}.job j
+       ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+       ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
+      values,
+    );
+    const jobs = rows.slice(0, query.limit).map((row) => toRecord(JSON.parse(row.r as string) as RawRecord));
+    const last = jobs[jobs.length - 1];
+    return { jobs, nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null };
+  }
+
+  async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
+    if (!isUuid(jobId)) return null;
+    await this.init();
+    const { rows } = await this.pool.query({
+      name: this.names.history,
+      text: `SELECT j.seq, coalesce((SELECT array_agg(e.body ORDER BY e.seq) FROM ${this.s}.event e
+               WHERE e.job_id = j.id AND e.seq > $2), '{}') AS events
+             FROM ${this.s}.job j WHERE j.id = $1`,
+      values: [jobId, afterSeq],
+    });
+    const row = rows[0] as { seq: number; events: string[] } | undefined;
+    if (!row) return null;
+    if (afterSeq >= row.seq) return [];
+    const events = row.events.map((e) => JSON.parse(e) as JobEvent);
+    const first = events[0];
+    // Capped history: the events right after afterSeq are gone.
+    if (!first || first.seq > afterSeq + 1) return null;
+    return events;
+  }
+
+  async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    this.listeners.add(listener);
+    try {
+      await this.listen();
+    } catch (err) {
+      this.listeners.delete(listener);
+      throw err;
+    }
+    return () => this.listeners.delete(listener);
+  }
+
+  onWork(listener: () => void): Unsubscribe {
+    this.workListeners.add(listener);
+    this.listen().catch(() => {
+      // The worker polls as a backstop; the listener reconnects by itself.
+    });
+    return () => this.workListeners.delete(listener);
+  }
+
+  onCancel(listener: (jobId: string) => void): Unsubscribe {
+    this.cancelListeners.add(listener);
+    this.listen().catch(() => {
+      // Lease renewal reports a requested cancel as well, within a third of the lease.
+    });
+    return () => this.cancelListeners.delete(listener);
+  }
+
+  async recover(): Promise<number> {
+    await this.init();
+    let touched = 0;
+    for (;;) {
+      const { rows } = await this.pool.query(`SELECT ${this.s}.recover(500, $1) AS r`, [this.historyLimit]);
+      const n = rows[0].r as number;
+      touched += n;
+      if (n < 500) return touched;
+    }
+  }
+
+  async purge(before: number): Promise<number> {
+    await this.init();
+    let purged = 0;
+    for (;;) {
+      const { rows } = await this.pool.query(`SELECT ${this.s}.purge($1, 500) AS r`, [before]);
+      const n = rows[0].r as number;
+      purged += n;
+      if (n < 500) return purged;
+    }
+  }
+
+  async counts(): Promise<Record<JobStatus, number>> {
+    await this.init();
+    const { rows } = await this.pool.query<{ status: JobStatus; n: number }>(
+      `SELECT status, count(*)::integer AS n FROM ${this.s}.job GROUP BY status`,
+    );
+    const out = {} as Record<JobStatus, number>;
+    for (const status of JOB_STATUSES) out[status] = 0;
+    for (const row of rows) out[row.status] = row.n;
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.listeners.clear();
+    this.workListeners.clear();
+    this.cancelListeners.clear();
+    const listener = this.listener;
+    this.listener = null;
+    await Promise.all([
+      listener?.end().catch(() => {}),
+      this.ownsPool ? this.pool.end().catch(() => {}) : undefined,
+    ]);
+  }
+
+  /**
+   * The one LISTEN connection of this broker (not from the pool: it is held for good), on the
+   * events, work and cancel channels. When it drops, it reconnects with a growing delay and tells
+   * the workers to claim (a wake-up may have been missed meanwhile).
+   */
+  private listen(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('The broker is closed.'));
+    if (!this.listening) {
+      this.listening = this.connectListener().catch((err) => {
+        this.listening = null;
+        throw err;
+      });
+    }
+    return this.listening;
+  }
+
+  private async connectListener(): Promise<void> {
+    const client = new this.pg.Client({ ...this.pool.options, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+    client.on('error', () => {});
+    client.on('notification', (msg) => this.onNotification(msg.channel, msg.payload ?? ''));
+    client.on('end', () => {
+      if (this.listener !== client || this.closed) return;
+      this.listener = null;
+      this.listening = null;
+      this.scheduleReconnect(250);
+    });
+    await client.connect();
+    try {
+      await client.query(
+        `LISTEN "${this.channels.events}"; LISTEN "${this.channels.work}"; LISTEN "${this.channels.cancel}"`,
+      );
+    } catch (err) {
+      await client.end().catch(() => {});
+      throw err;
+    }
+    if (this.closed) {
+      await client.end().catch(() => {});
+      throw new Error('The broker is closed.');
+    }
+    this.listener = client;
+  }
+
+  private scheduleReconnect(delayMs: number): void {
+    if (this.closed || this.reconnectTimer) return;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.closed) return;
+      this.listen().then(
+        () => this.notifyWork(),
+        () => this.scheduleReconnect(Math.min(delayMs * 2, 5000)),
+      );
+    }, delayMs);
+    this.reconnectTimer.unref();
+  }
+
+  private onNotification(channel: string, payload: string): void {
+    if (channel === this.channels.work) {
+      // The payload is when the job comes due: now, or later (a delay, a retry's backoff).
+      const at = Number(payload);
+      if (at > Date.now()) this.armWake(at);
+      else this.notifyWork();
+    } else if (channel === this.channels.cancel) {
+      for (const listener of this.cancelListeners) listener(payload);
+    } else if (channel === this.channels.events && this.listeners.size > 0) {
+      let event: JobEvent & { ref?: boolean };
+      try {
+        event = JSON.parse(payload) as JobEvent & { ref?: boolean };
+      } catch {
+        return;
+      }
+      if (event.ref) {
+        // Too large for a NOTIFY: read it from the history, in arrival order per job.
+        void this.fetchEvent(event.jobId, event.seq);
+        return;
+      }
+      for (const listener of this.listeners) listener(event);
+    }
+  }
+
+  /** Events read back by reference, delivered in the order their notices arrived. */
+  private fetching: Promise<void> = Promise.resolve();
+
+  private fetchEvent(jobId: string, seq: number): Promise<void> {
+    this.fetching = this.fetching.then(async () => {
+      try {
+        const { rows } = await this.pool.query(
+          `SELECT body FROM ${this.s}.event WHERE job_id = $1 AND seq = $2`,
+          [jobId, seq],
+        );
+        if (!rows[0]) return;
+        const event = JSON.parse(rows[0].body as string) as JobEvent;
+        for (const listener of this.listeners) listener(event);
+      } catch {
+        // The SSE stream sends a snapshot when it sees a gap in seq.
+      }
+    });
+    return this.fetching;
+  }
+
+  private notifyWork(): void {
+    for (const listener of this.workListeners) listener();
+  }
+
+  private armWake(at: number): void {
+    if (this.closed || at >= this.wakeAt) return;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(
+      () => {
+        this.wakeTimer = null;
+        this.wakeAt = Number.POSITIVE_INFINITY;
+        this.notifyWork();
+      },
+      Math.max(0, at - Date.now()),
+    );
+    this.wakeTimer.unref();
+  }
+}
+
+const NO_CLAIM: ClaimRequest = { tasks: [], limit: 0, leaseMs: 0, workerId: '' };
+
+interface RawRecord extends Omit<JobRecord, 'logs'> {
+  token?: string | null;
+  logs: string[];
+}
+
+interface ClaimReply {
+  leases: RawRecord[];
+  nextDue: number | null;
+}
+
+/** A record from a function's JSON (camelCase already; the lease token dropped). */
+function toRecord(raw: RawRecord): JobRecord {
+  const { token: _token, ...job } = raw;
+  return job;
+}
+
+/** Lease tokens are bigints in the database; anything else can hold no lease. */
+function isToken(token: string): boolean {
+  return /^[0-9]{1,18}$/.test(token);
+}
+
+function isUuid(id: string): boolean {
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id);
+}
+
+/** `BROKER_URL=postgres://…` (or `postgresql://`): the URL goes to pg as its connection string. */
+export function fromUrl(url: string): PostgresBroker {
+  return new PostgresBroker({ connection: url });
+}
