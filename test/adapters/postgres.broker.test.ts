@@ -1,10 +1,15 @@
-import { after } from 'node:test';
+import assert from 'node:assert/strict';
+import { after, afterEach, beforeEach, describe, it } from 'node:test';
 import pg from 'pg';
+import { latestVersion, loadMigrations, migrationSql } from '../../adapters/postgres/migrations.js';
 import { PostgresBroker } from '../../adapters/postgres/postgres.broker.js';
+import { ConfigError } from '../../lib/errors.js';
+import type { JobEvent } from '../../lib/job.js';
 import { brokerConformance } from '../conformance/broker.conformance.js';
+import { eventually } from '../helpers/eventually.js';
 
 /** The machine's PostgreSQL; each broker gets its own schema, dropped after the test. */
-export const PG_URL = process.env.OFFLOAD_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+const PG_URL = process.env.OFFLOAD_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
 const admin = new pg.Pool({ connectionString: PG_URL, max: 2 });
 after(() => admin.end());
 
@@ -15,4 +20,137 @@ brokerConformance('PostgresBroker', () => new PostgresBroker({ connection: PG_UR
   cleanup: async (broker) => {
     await admin.query(`DROP SCHEMA IF EXISTS "${(broker as PostgresBroker).schema}" CASCADE`);
   },
+});
+
+describe('PostgresBroker: schema and migrations', () => {
+  const schemas: string[] = [];
+  const fresh = () => {
+    const schema = schemaOf();
+    schemas.push(schema);
+    return schema;
+  };
+  after(async () => {
+    for (const schema of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  });
+
+  it('brokers starting together on a new schema apply each migration once', async () => {
+    const schema = fresh();
+    const brokers = Array.from({ length: 4 }, () => new PostgresBroker({ connection: PG_URL, schema }));
+    try {
+      // Each first call migrates; they race for the advisory lock.
+      await Promise.all(brokers.map((b) => b.counts()));
+      const { rows } = await admin.query(`SELECT version, name FROM "${schema}".migration ORDER BY version`);
+      assert.deepEqual(
+        rows.map((r) => r.version),
+        loadMigrations().map((m) => m.version),
+      );
+      assert.equal(latestVersion(), rows.at(-1).version);
+      // Usable from every one of them.
+      const { job } = await brokers[0]!.enqueue({ task: 't', payload: 1, owner: null, maxAttempts: 1 });
+      assert.equal((await brokers[3]!.get(job.id))?.status, 'queued');
+    } finally {
+      await Promise.all(brokers.map((b) => b.close()));
+    }
+  });
+
+  it('prints the SQL instead of applying it; migrate: false checks the version', async () => {
+    const schema = fresh();
+    const refusing = new PostgresBroker({ connection: PG_URL, schema, migrate: false });
+    try {
+      await assert.rejects(refusing.counts(), (err: Error) => {
+        assert.ok(err instanceof ConfigError);
+        assert.match(err.message, new RegExp(`"${schema}" is at version 0`));
+        assert.match(err.message, /migrationSql/);
+        return true;
+      });
+      const { rows } = await admin.query('SELECT to_regclass($1) AS t', [`"${schema}".job`]);
+      assert.equal(rows[0].t, null, 'migrate: false created nothing');
+
+      const sql = migrationSql({ schema });
+      assert.match(sql, new RegExp(`CREATE TABLE "${schema}"\\.job`));
+      assert.doesNotMatch(sql, /\{\{/, 'no placeholder left');
+      await admin.query(sql);
+      assert.deepEqual(await refusing.counts(), {
+        queued: 0,
+        running: 0,
+        succeeded: 0,
+        failed: 0,
+        canceled: 0,
+      });
+      assert.equal(migrationSql({ schema, fromVersion: latestVersion() }).includes('BEGIN;'), false);
+    } finally {
+      await refusing.close();
+    }
+  });
+
+  it('refuses a schema name that is not a plain identifier', () => {
+    for (const schema of ['', 'a-b', 'x"; DROP TABLE y; --', '1abc', 'a'.repeat(49)]) {
+      assert.throws(() => new PostgresBroker({ connection: PG_URL, schema }), ConfigError, schema);
+    }
+  });
+});
+
+describe('PostgresBroker: notifications', () => {
+  let broker: PostgresBroker;
+  let schema: string;
+  beforeEach(() => {
+    schema = schemaOf();
+    broker = new PostgresBroker({ connection: PG_URL, schema });
+  });
+  afterEach(async () => {
+    await broker.close();
+    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  });
+
+  it('delivers an event too large for a NOTIFY, read back from the history', async () => {
+    const events: JobEvent[] = [];
+    const off = await broker.subscribe((e) => events.push(e));
+    const { job } = await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    const [lease] = await broker.claim({ tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' });
+    const big = { rows: 'x'.repeat(20_000) };
+    assert.ok(await broker.complete(job.id, lease!.token, big));
+    await eventually(
+      () => events.some((e) => e.jobId === job.id && e.status === 'succeeded'),
+      'the big event',
+    );
+    const terminal = events.find((e) => e.jobId === job.id && e.status === 'succeeded')!;
+    assert.deepEqual(terminal.result, big);
+    assert.deepEqual(
+      events.filter((e) => e.jobId === job.id).map((e) => e.seq),
+      [1, 2, 3],
+    );
+    off();
+  });
+
+  it('listens again after its connection is cut, and wakes the workers then', async () => {
+    let wakes = 0;
+    broker.onWork(() => wakes++);
+    const events: JobEvent[] = [];
+    await broker.subscribe((e) => events.push(e));
+    const listenerPid = async () =>
+      (
+        await admin.query(
+          `SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN "${schema}:events"%' AND pid <> pg_backend_pid()`,
+        )
+      ).rows[0]?.pid as number | undefined;
+    const pid = await eventually(listenerPid, 'the LISTEN connection');
+    await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    const before = wakes;
+    await eventually(
+      async () => (await listenerPid()) !== undefined && (await listenerPid()) !== pid,
+      'a new LISTEN',
+      {
+        timeoutMs: 5000,
+      },
+    );
+    await eventually(() => wakes > before, 'a wake-up after reconnecting');
+    // Events flow again, from another connection (another broker: no local shortcut).
+    const other = new PostgresBroker({ connection: PG_URL, schema });
+    try {
+      const { job } = await other.enqueue({ task: 't', payload: 1, owner: null, maxAttempts: 1 });
+      await eventually(() => events.some((e) => e.jobId === job.id), 'an event after reconnecting');
+    } finally {
+      await other.close();
+    }
+  });
 });
