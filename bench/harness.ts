@@ -1,5 +1,6 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
 import type { ChildMessage, ParentMessage } from './servers/serve.js';
 
@@ -314,4 +315,330 @@ export function parseFlags<T extends Record<string, number | string>>(argv: stri
 
 function kebab(name: string): string {
   return `--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+// In-process queue rounds (the `redis` and `postgres` benches): offload and another queue library
+// enqueue and run the same no-op jobs from this process, the sides alternating round by round.
+
+/** The enqueuing end of one side's queue, for one round. */
+export interface Producer {
+  add(data: Record<string, unknown>): Promise<unknown>;
+  /** Jobs of the queue recorded as finished successfully. */
+  succeeded(): Promise<number>;
+  /**
+   * Counting is a scan of the jobs (SQL): `processRound` counts only once the handler has run
+   * every job, not every 5 ms from the start, which would load the very database it measures.
+   */
+  countWhenRan?: boolean;
+  close(): Promise<void>;
+}
+
+export interface Consumer {
+  start(): void;
+  close(): Promise<void>;
+}
+
+/** This process's CPU time and the server's, per job, over a round. */
+export interface CpuMeter {
+  stop(jobs: number): Promise<{ nodeCpuUsPerJob: number; serverCpuUsPerJob: number }>;
+}
+
+/** One side's queue for one round: its two ends, and how to read what the round cost. */
+export interface RoundQueue {
+  /** Connected when it resolves. */
+  producer(): Promise<Producer>;
+  /** Connected, not yet running jobs until `start()`. */
+  consumer(concurrency: number, handler: (data: any) => void): Promise<Consumer>;
+  meter(): Promise<CpuMeter>;
+}
+
+/** One round of one side. */
+export interface RoundOutcome {
+  /** Jobs per second (enqueue, process); unused by latency. */
+  rate: number;
+  nodeCpuUsPerJob: number;
+  serverCpuUsPerJob: number;
+  /** Enqueue-to-start times, ms (latency). */
+  samples?: number[];
+  note?: string;
+  error?: string;
+}
+
+export interface PhaseResult {
+  /** Median jobs/s per side. */
+  rates: Record<string, number>;
+  /** First ÷ second of `ratioOf`, median of the paired rounds; null without both sides. */
+  ratio: number | null;
+  pairs: number[];
+  nodeCpu: Record<string, number>;
+  serverCpu: Record<string, number>;
+  samples: Record<string, number[]>;
+  errors: string[];
+}
+
+export interface RoundsSpec<S extends { label: string }> {
+  sides: S[];
+  count: number;
+  /** Names the rounds' queues: `<phase>-w` (warm-up), `<phase>-1`, ... */
+  phase: string;
+  /** What the log lines call the server whose CPU the meter reads ('redis'). */
+  server: string;
+  /** The sides whose paired rounds give `ratio` (first ÷ second). */
+  ratioOf: [string, string];
+  /** Deletes a round's queue, after the round (also when it threw). */
+  cleanup?: (side: S, queue: string) => Promise<void>;
+}
+
+/**
+ * A warm-up round per side, then `count` rounds per side, the order swapped every round
+ * (A B, B A, ...) so neither side always runs on the heels of the other's garbage. Every round
+ * has a queue of its own.
+ */
+export async function queueRounds<S extends { label: string }>(
+  spec: RoundsSpec<S>,
+  run: (side: S, queue: string, warmUp: boolean) => Promise<RoundOutcome>,
+): Promise<PhaseResult> {
+  const { sides, count, phase } = spec;
+  const results = new Map<string, RoundOutcome[]>(sides.map((s) => [s.label, []]));
+  const errors: string[] = [];
+  const once = async (side: S, r: number) => {
+    const queue = `${phase}-${r === 0 ? 'w' : r}`;
+    let outcome: RoundOutcome;
+    try {
+      outcome = await run(side, queue, r === 0);
+    } finally {
+      await spec.cleanup?.(side, queue);
+    }
+    const label = r === 0 ? 'warm-up ' : `round ${r} `;
+    const rate = outcome.samples
+      ? `p50 ${percentile(outcome.samples, 0.5).toFixed(2)} ms  p99 ${percentile(outcome.samples, 0.99).toFixed(2)} ms`
+      : `${Math.round(outcome.rate).toString().padStart(6)} jobs/s`;
+    console.log(
+      `${label} ${side.label.padEnd(8)} ${rate}  node cpu ${Math.round(outcome.nodeCpuUsPerJob)} µs/job  ` +
+        `${spec.server} cpu ${Math.round(outcome.serverCpuUsPerJob)} µs/job${outcome.note ? `  ${outcome.note}` : ''}` +
+        `${outcome.error ? `  !! ${outcome.error}` : ''}`,
+    );
+    if (outcome.error) errors.push(`${side.label} ${label.trim()}: ${outcome.error}`);
+    if (r > 0) results.get(side.label)!.push(outcome);
+    await sleep(200);
+  };
+  for (const side of sides) await once(side, 0);
+  for (let r = 1; r <= count; r++) {
+    const order = r % 2 ? sides : [...sides].reverse();
+    for (const side of order) await once(side, r);
+  }
+  const of = (label: string) => results.get(label) ?? [];
+  const rates: Record<string, number> = {};
+  const nodeCpu: Record<string, number> = {};
+  const serverCpu: Record<string, number> = {};
+  const samples: Record<string, number[]> = {};
+  for (const side of sides) {
+    const rs = of(side.label);
+    rates[side.label] = Math.round(median(rs.map((x) => x.rate)));
+    nodeCpu[side.label] = Math.round(median(rs.map((x) => x.nodeCpuUsPerJob)));
+    serverCpu[side.label] = Math.round(median(rs.map((x) => x.serverCpuUsPerJob)));
+    samples[side.label] = rs.flatMap((x) => x.samples ?? []);
+  }
+  const a = of(spec.ratioOf[0]);
+  const b = of(spec.ratioOf[1]);
+  const pairs = a.length && b.length ? a.map((o, i) => o.rate / b[i]!.rate) : [];
+  const ratio = pairs.length ? Number(median(pairs).toFixed(3)) : null;
+  return { rates, ratio, pairs, nodeCpu, serverCpu, samples, errors };
+}
+
+/** `n` adds, `inflight` at a time, from this process; stops launching at `capMs`. */
+export async function enqueueRound(
+  q: RoundQueue,
+  n: number,
+  inflight: number,
+  capMs: number,
+): Promise<RoundOutcome> {
+  const producer = await q.producer();
+  try {
+    const meter = await q.meter();
+    const { done, failed, firstError, ms } = await addMany(producer, n, inflight, capMs, (i) => ({
+      month: '2026-10',
+      i,
+    }));
+    const cost = await meter.stop(done);
+    return {
+      rate: (done / ms) * 1000,
+      ...cost,
+      note: done < n ? `(stopped at ${capMs / 1000} s: ${done} of ${n})` : undefined,
+      error: failed ? `${failed} adds failed (${firstError})` : undefined,
+    };
+  } finally {
+    await producer.close();
+  }
+}
+
+/** `n` jobs enqueued (untimed), then a worker started: the time until the last is recorded done. */
+export async function processRound(
+  q: RoundQueue,
+  n: number,
+  inflight: number,
+  concurrency: number,
+  capMs: number,
+): Promise<RoundOutcome> {
+  const producer = await q.producer();
+  let consumer: Consumer | undefined;
+  try {
+    const pre = await addMany(producer, n, inflight, capMs, (i) => ({ month: '2026-10', i }));
+    if (pre.done < n)
+      return { rate: 0, nodeCpuUsPerJob: 0, serverCpuUsPerJob: 0, error: 'enqueue fell short' };
+    let ran = 0;
+    consumer = await q.consumer(concurrency, () => {
+      ran++;
+    });
+    const meter = await q.meter();
+    const t0 = performance.now();
+    consumer.start();
+    let finished = 0;
+    // Polled on the producer's connection; a 5 ms step is well under 1% of a round.
+    while (finished < n && performance.now() - t0 < capMs) {
+      await sleep(5);
+      if (producer.countWhenRan && ran < n) continue;
+      finished = await producer.succeeded();
+    }
+    const ms = performance.now() - t0;
+    const cost = await meter.stop(n);
+    return {
+      rate: (finished / ms) * 1000,
+      ...cost,
+      note: `(${ran} runs)`,
+      error:
+        finished < n
+          ? `only ${finished} of ${n} jobs done within ${capMs / 1000} s`
+          : ran !== n
+            ? `${ran} handler runs for ${n} jobs`
+            : undefined,
+    };
+  } finally {
+    await consumer?.close();
+    await producer.close();
+  }
+}
+
+/** One job every `gapMs` to an idle worker; each job carries its enqueue time (same process clock). */
+export async function latencyRound(
+  q: RoundQueue,
+  n: number,
+  gapMs: number,
+  concurrency: number,
+): Promise<RoundOutcome> {
+  const producer = await q.producer();
+  const samples: number[] = [];
+  const consumer = await q.consumer(concurrency, (data: { t: number }) => {
+    samples.push(performance.now() - data.t);
+  });
+  try {
+    consumer.start();
+    // Time to subscribe or block on a wake-up: the worker is idle when jobs come.
+    await sleep(300);
+    const meter = await q.meter();
+    const adds: Promise<unknown>[] = [];
+    let failed = 0;
+    for (let i = 0; i < n; i++) {
+      adds.push(
+        producer.add({ t: performance.now() }).catch(() => {
+          failed++;
+        }),
+      );
+      await sleep(gapMs);
+    }
+    await Promise.all(adds);
+    const deadline = performance.now() + 5000;
+    while (samples.length < n && performance.now() < deadline) await sleep(5);
+    const cost = await meter.stop(n);
+    return {
+      rate: 0,
+      ...cost,
+      samples: [...samples],
+      error:
+        failed || samples.length < n
+          ? `${failed} adds failed, ${samples.length} of ${n} jobs started`
+          : undefined,
+    };
+  } finally {
+    await consumer.close();
+    await producer.close();
+  }
+}
+
+export async function addMany(
+  producer: Pick<Producer, 'add'>,
+  n: number,
+  inflight: number,
+  capMs: number,
+  data: (i: number) => Record<string, unknown>,
+): Promise<{ done: number; failed: number; firstError: string | undefined; ms: number }> {
+  let next = 0;
+  let done = 0;
+  let failed = 0;
+  let firstError: string | undefined;
+  const t0 = performance.now();
+  const deadline = t0 + capMs;
+  const lane = async () => {
+    while (next < n && performance.now() < deadline) {
+      const i = next++;
+      try {
+        await producer.add(data(i));
+        done++;
+      } catch (err) {
+        failed++;
+        firstError ??= err instanceof Error ? err.message : String(err);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: inflight }, lane));
+  return { done, failed, firstError, ms: performance.now() - t0 };
+}
+
+export function collectErrors(r: PhaseResult, problems: string[], phase: string): void {
+  for (const e of r.errors) problems.push(`${phase}: ${e}`);
+}
+
+/** Median jobs/s of two sides, their paired ratio with its range, and both CPU figures. */
+export function rateRow(title: string, r: PhaseResult, [a, b]: [string, string]): string[] {
+  const range = r.pairs.length
+    ? ` (${Math.min(...r.pairs).toFixed(2)}-${Math.max(...r.pairs).toFixed(2)})`
+    : '';
+  return [
+    title,
+    String(r.rates[a] ?? '-'),
+    String(r.rates[b] ?? '-'),
+    r.ratio === null ? '-' : `${r.ratio}${range}`,
+    `${r.nodeCpu[a] ?? '-'} | ${r.nodeCpu[b] ?? '-'}`,
+    `${r.serverCpu[a] ?? '-'} | ${r.serverCpu[b] ?? '-'}`,
+  ];
+}
+
+export type Latencies = Record<string, { p50: number; p99: number }>;
+
+/** p50 and p99 per side over the samples of all its rounds, in ms. */
+export function latencies(r: PhaseResult): Latencies {
+  const out: Latencies = {};
+  for (const [label, samples] of Object.entries(r.samples)) {
+    out[label] = { p50: round2(percentile(samples, 0.5)), p99: round2(percentile(samples, 0.99)) };
+  }
+  return out;
+}
+
+export function latencyRow(
+  title: string,
+  latency: Latencies,
+  which: 'p50' | 'p99',
+  [a, b]: [string, string],
+): string[] {
+  return [title, String(latency[a]?.[which] ?? '-'), String(latency[b]?.[which] ?? '-'), '', '', ''];
+}
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
+}
+
+export function round2(x: number): number {
+  return Math.round(x * 100) / 100;
 }

@@ -8,11 +8,24 @@ import { RedisBroker } from '../adapters/redis/index.js';
 import { machineBusy, REPORT_REQUEST } from './compare.js';
 import {
   alternate,
+  type Consumer,
   type Contender,
-  median,
+  type CpuMeter,
+  collectErrors,
+  enqueueRound,
+  latencies,
+  latencyRound,
+  latencyRow,
+  type PhaseResult,
+  type Producer,
   pairedRatios,
   parseFlags,
+  processRound,
+  queueRounds,
   type RequestSpec,
+  type RoundOutcome,
+  type RoundQueue,
+  rateRow,
   type ServerProcess,
   type Summary,
   startServer,
@@ -103,10 +116,15 @@ export async function redisBench(argv: string[]): Promise<number> {
         `\nenqueue: ${n} jobs, ${flags.inflight} in flight, ${flags.rounds} rounds per side (order alternates)`,
       );
       const r = await rounds(ctx, sides, flags.rounds, 'enq', (side, queue, warm) =>
-        enqueueRound(ctx, side, queue, warm ? Math.ceil(n / 4) : n, flags.inflight, flags.maxSeconds * 1000),
+        enqueueRound(
+          roundQueue(ctx, side, queue),
+          warm ? Math.ceil(n / 4) : n,
+          flags.inflight,
+          flags.maxSeconds * 1000,
+        ),
       );
-      collect(r, problems, 'enqueue');
-      rows.push(rateRow('enqueue (jobs/s)', r));
+      collectErrors(r, problems, 'enqueue');
+      rows.push(rateRow('enqueue (jobs/s)', r, PAIR));
       out.enqueue_ratio = r.ratio;
       out.enqueue_jobs_per_s = r.rates;
     }
@@ -116,17 +134,15 @@ export async function redisBench(argv: string[]): Promise<number> {
       );
       const r = await rounds(ctx, sides, flags.rounds, 'proc', (side, queue, warm) =>
         processRound(
-          ctx,
-          side,
-          queue,
+          roundQueue(ctx, side, queue),
           warm ? Math.ceil(n / 4) : n,
           flags.inflight,
           flags.concurrency,
           flags.maxSeconds * 1000,
         ),
       );
-      collect(r, problems, 'process');
-      rows.push(rateRow('process (jobs/s)', r));
+      collectErrors(r, problems, 'process');
+      rows.push(rateRow('process (jobs/s)', r, PAIR));
       out.process_ratio = r.ratio;
       out.process_jobs_per_s = r.rates;
     }
@@ -136,22 +152,17 @@ export async function redisBench(argv: string[]): Promise<number> {
       );
       const r = await rounds(ctx, sides, flags.rounds, 'lat', (side, queue, warm) =>
         latencyRound(
-          ctx,
-          side,
-          queue,
+          roundQueue(ctx, side, queue),
           warm ? Math.ceil(flags.latencyJobs / 4) : flags.latencyJobs,
           flags.latencyGap,
           flags.concurrency,
         ),
       );
-      collect(r, problems, 'latency');
-      const latency: Record<string, { p50: number; p99: number }> = {};
-      for (const [label, samples] of Object.entries(r.samples)) {
-        latency[label] = { p50: round2(percentile(samples, 0.5)), p99: round2(percentile(samples, 0.99)) };
-      }
+      collectErrors(r, problems, 'latency');
+      const latency = latencies(r);
       rows.push(
-        latencyRow('start latency p50 (ms)', latency, 'p50'),
-        latencyRow('start latency p99 (ms)', latency, 'p99'),
+        latencyRow('start latency p50 (ms)', latency, 'p50', PAIR),
+        latencyRow('start latency p99 (ms)', latency, 'p99', PAIR),
       );
       out.latency_ms = latency;
     }
@@ -224,19 +235,10 @@ interface Side {
   keys(ctx: Ctx, queue: string): string;
 }
 
-interface Producer {
-  add(data: Record<string, unknown>): Promise<unknown>;
-  /** Jobs of the queue recorded as finished successfully. */
-  succeeded(): Promise<number>;
-  close(): Promise<void>;
-}
-
-interface Consumer {
-  start(): void;
-  close(): Promise<void>;
-}
-
 const TASK = 'noop';
+
+/** The ratio's sides: offload ÷ BullMQ. */
+const PAIR: [string, string] = ['offload', 'bullmq'];
 
 const SIDES: Side[] = [
   {
@@ -307,257 +309,47 @@ const SIDES: Side[] = [
   },
 ];
 
-/** One round of one side. */
-interface RoundOutcome {
-  /** Jobs per second (enqueue, process); unused by latency. */
-  rate: number;
-  nodeCpuUsPerJob: number;
-  redisCpuUsPerJob: number;
-  /** Enqueue-to-start times, ms (latency). */
-  samples?: number[];
-  note?: string;
-  error?: string;
+/** One round of `side` on the queue `queue` (its keys are deleted after the round). */
+function roundQueue(ctx: Ctx, side: Side, queue: string): RoundQueue {
+  return {
+    producer: () => side.producer(ctx, queue),
+    consumer: (concurrency, handler) => side.consumer(ctx, queue, concurrency, handler),
+    meter: () => startMeter(ctx.admin),
+  };
 }
 
-interface PhaseResult {
-  /** Median jobs/s per side. */
-  rates: Record<string, number>;
-  /** offload / bullmq, median of the paired rounds; null with one side. */
-  ratio: number | null;
-  pairs: number[];
-  nodeCpu: Record<string, number>;
-  redisCpu: Record<string, number>;
-  samples: Record<string, number[]>;
-  errors: string[];
-}
-
-/**
- * A warm-up round per side, then `count` rounds per side, the order swapped every round
- * (A B, B A, ...) so neither side always runs on the heels of the other's garbage. Every round
- * has a queue of its own, deleted right after it.
- */
-async function rounds(
+/** `queueRounds` over Redis: each round's keys are deleted right after it. */
+function rounds(
   ctx: Ctx,
   sides: Side[],
   count: number,
   phase: string,
   run: (side: Side, queue: string, warmUp: boolean) => Promise<RoundOutcome>,
 ): Promise<PhaseResult> {
-  const results = new Map<string, RoundOutcome[]>(sides.map((s) => [s.label, []]));
-  const errors: string[] = [];
-  const once = async (side: Side, r: number) => {
-    const queue = `${phase}-${r === 0 ? 'w' : r}`;
-    let outcome: RoundOutcome;
-    try {
-      outcome = await run(side, queue, r === 0);
-    } finally {
-      await deleteKeys(ctx.admin, side.keys(ctx, queue));
-    }
-    const label = r === 0 ? 'warm-up ' : `round ${r} `;
-    const rate = outcome.samples
-      ? `p50 ${percentile(outcome.samples, 0.5).toFixed(2)} ms  p99 ${percentile(outcome.samples, 0.99).toFixed(2)} ms`
-      : `${Math.round(outcome.rate).toString().padStart(6)} jobs/s`;
-    console.log(
-      `${label} ${side.label.padEnd(8)} ${rate}  node cpu ${Math.round(outcome.nodeCpuUsPerJob)} µs/job  ` +
-        `redis cpu ${Math.round(outcome.redisCpuUsPerJob)} µs/job${outcome.note ? `  ${outcome.note}` : ''}` +
-        `${outcome.error ? `  !! ${outcome.error}` : ''}`,
-    );
-    if (outcome.error) errors.push(`${side.label} ${label.trim()}: ${outcome.error}`);
-    if (r > 0) results.get(side.label)!.push(outcome);
-    await sleep(200);
-  };
-  for (const side of sides) await once(side, 0);
-  for (let r = 1; r <= count; r++) {
-    const order = r % 2 ? sides : [...sides].reverse();
-    for (const side of order) await once(side, r);
-  }
-  const of = (label: string) => results.get(label) ?? [];
-  const rates: Record<string, number> = {};
-  const nodeCpu: Record<string, number> = {};
-  const redisCpu: Record<string, number> = {};
-  const samples: Record<string, number[]> = {};
-  for (const side of sides) {
-    const rs = of(side.label);
-    rates[side.label] = Math.round(median(rs.map((x) => x.rate)));
-    nodeCpu[side.label] = Math.round(median(rs.map((x) => x.nodeCpuUsPerJob)));
-    redisCpu[side.label] = Math.round(median(rs.map((x) => x.redisCpuUsPerJob)));
-    samples[side.label] = rs.flatMap((x) => x.samples ?? []);
-  }
-  const off = of('offload');
-  const bull = of('bullmq');
-  const pairs = off.length && bull.length ? off.map((o, i) => o.rate / bull[i]!.rate) : [];
-  const ratio = pairs.length ? Number(median(pairs).toFixed(3)) : null;
-  return { rates, ratio, pairs, nodeCpu, redisCpu, samples, errors };
-}
-
-function collect(r: PhaseResult, problems: string[], phase: string): void {
-  for (const e of r.errors) problems.push(`${phase}: ${e}`);
-}
-
-/** `n` adds, `inflight` at a time, from this process; stops launching at `capMs`. */
-async function enqueueRound(
-  ctx: Ctx,
-  side: Side,
-  queue: string,
-  n: number,
-  inflight: number,
-  capMs: number,
-): Promise<RoundOutcome> {
-  const producer = await side.producer(ctx, queue);
-  try {
-    const meter = await startMeter(ctx.admin);
-    const { done, failed, firstError, ms } = await addMany(producer, n, inflight, capMs, (i) => ({
-      month: '2026-10',
-      i,
-    }));
-    const cost = await meter.stop(done);
-    return {
-      rate: (done / ms) * 1000,
-      ...cost,
-      note: done < n ? `(stopped at ${capMs / 1000} s: ${done} of ${n})` : undefined,
-      error: failed ? `${failed} adds failed (${firstError})` : undefined,
-    };
-  } finally {
-    await producer.close();
-  }
-}
-
-/** `n` jobs enqueued (untimed), then a worker started: the time until the last is recorded done. */
-async function processRound(
-  ctx: Ctx,
-  side: Side,
-  queue: string,
-  n: number,
-  inflight: number,
-  concurrency: number,
-  capMs: number,
-): Promise<RoundOutcome> {
-  const producer = await side.producer(ctx, queue);
-  let consumer: Consumer | undefined;
-  try {
-    const pre = await addMany(producer, n, inflight, capMs, (i) => ({ month: '2026-10', i }));
-    if (pre.done < n)
-      return { rate: 0, nodeCpuUsPerJob: 0, redisCpuUsPerJob: 0, error: 'enqueue fell short' };
-    let ran = 0;
-    consumer = await side.consumer(ctx, queue, concurrency, () => {
-      ran++;
-    });
-    const meter = await startMeter(ctx.admin);
-    const t0 = performance.now();
-    consumer.start();
-    let finished = 0;
-    // Polled on the producer's connection; a 5 ms step is well under 1% of a round.
-    while (finished < n && performance.now() - t0 < capMs) {
-      await sleep(5);
-      finished = await producer.succeeded();
-    }
-    const ms = performance.now() - t0;
-    const cost = await meter.stop(n);
-    return {
-      rate: (finished / ms) * 1000,
-      ...cost,
-      note: `(${ran} runs)`,
-      error:
-        finished < n
-          ? `only ${finished} of ${n} jobs done within ${capMs / 1000} s`
-          : ran !== n
-            ? `${ran} handler runs for ${n} jobs`
-            : undefined,
-    };
-  } finally {
-    await consumer?.close();
-    await producer.close();
-  }
-}
-
-/** One job every `gapMs` to an idle worker; each job carries its enqueue time (same process clock). */
-async function latencyRound(
-  ctx: Ctx,
-  side: Side,
-  queue: string,
-  n: number,
-  gapMs: number,
-  concurrency: number,
-): Promise<RoundOutcome> {
-  const producer = await side.producer(ctx, queue);
-  const samples: number[] = [];
-  const consumer = await side.consumer(ctx, queue, concurrency, (data: { t: number }) => {
-    samples.push(performance.now() - data.t);
-  });
-  try {
-    consumer.start();
-    // Time to subscribe (offload) / block on the marker (BullMQ): the worker is idle when jobs come.
-    await sleep(300);
-    const meter = await startMeter(ctx.admin);
-    const adds: Promise<unknown>[] = [];
-    let failed = 0;
-    for (let i = 0; i < n; i++) {
-      adds.push(
-        producer.add({ t: performance.now() }).catch(() => {
-          failed++;
-        }),
-      );
-      await sleep(gapMs);
-    }
-    await Promise.all(adds);
-    const deadline = performance.now() + 5000;
-    while (samples.length < n && performance.now() < deadline) await sleep(5);
-    const cost = await meter.stop(n);
-    return {
-      rate: 0,
-      ...cost,
-      samples: [...samples],
-      error:
-        failed || samples.length < n
-          ? `${failed} adds failed, ${samples.length} of ${n} jobs started`
-          : undefined,
-    };
-  } finally {
-    await consumer.close();
-    await producer.close();
-  }
-}
-
-async function addMany(
-  producer: Producer,
-  n: number,
-  inflight: number,
-  capMs: number,
-  data: (i: number) => Record<string, unknown>,
-): Promise<{ done: number; failed: number; firstError: string | undefined; ms: number }> {
-  let next = 0;
-  let done = 0;
-  let failed = 0;
-  let firstError: string | undefined;
-  const t0 = performance.now();
-  const deadline = t0 + capMs;
-  const lane = async () => {
-    while (next < n && performance.now() < deadline) {
-      const i = next++;
-      try {
-        await producer.add(data(i));
-        done++;
-      } catch (err) {
-        failed++;
-        firstError ??= err instanceof Error ? err.message : String(err);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: inflight }, lane));
-  return { done, failed, firstError, ms: performance.now() - t0 };
+  return queueRounds(
+    {
+      sides,
+      count,
+      phase,
+      server: 'redis',
+      ratioOf: PAIR,
+      cleanup: (side, queue) => deleteKeys(ctx.admin, side.keys(ctx, queue)),
+    },
+    run,
+  );
 }
 
 /** This process's CPU time and the Redis server's, per job, over a round. */
-async function startMeter(admin: Redis) {
+async function startMeter(admin: Redis): Promise<CpuMeter> {
   const redis0 = await redisCpuUs(admin);
   const node0 = process.cpuUsage();
   return {
-    async stop(jobs: number): Promise<{ nodeCpuUsPerJob: number; redisCpuUsPerJob: number }> {
+    async stop(jobs: number) {
       const node = process.cpuUsage(node0);
       const redis = (await redisCpuUs(admin)) - redis0;
       return {
         nodeCpuUsPerJob: jobs ? (node.user + node.system) / jobs : 0,
-        redisCpuUsPerJob: jobs ? redis / jobs : 0,
+        serverCpuUsPerJob: jobs ? redis / jobs : 0,
       };
     },
   };
@@ -708,36 +500,4 @@ async function httpPhase(
   } finally {
     await Promise.all(servers.map((s) => s.stop()));
   }
-}
-
-function rateRow(title: string, r: PhaseResult): string[] {
-  const range = r.pairs.length
-    ? ` (${Math.min(...r.pairs).toFixed(2)}-${Math.max(...r.pairs).toFixed(2)})`
-    : '';
-  return [
-    title,
-    String(r.rates.offload ?? '-'),
-    String(r.rates.bullmq ?? '-'),
-    r.ratio === null ? '-' : `${r.ratio}${range}`,
-    `${r.nodeCpu.offload ?? '-'} | ${r.nodeCpu.bullmq ?? '-'}`,
-    `${r.redisCpu.offload ?? '-'} | ${r.redisCpu.bullmq ?? '-'}`,
-  ];
-}
-
-function latencyRow(
-  title: string,
-  latency: Record<string, { p50: number; p99: number }>,
-  which: 'p50' | 'p99',
-): string[] {
-  return [title, String(latency.offload?.[which] ?? '-'), String(latency.bullmq?.[which] ?? '-'), '', '', ''];
-}
-
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
-}
-
-function round2(x: number): number {
-  return Math.round(x * 100) / 100;
 }

@@ -4,6 +4,7 @@ type Bench = (argv: string[]) => Promise<number>;
 const BENCHES: Record<string, Bench> = {
   http: async (argv) => (await import('./http.bench.js')).httpBench(argv),
   nest: async (argv) => (await import('./nest.bench.js')).nestBench(argv),
+  postgres: async (argv) => (await import('./postgres.bench.js')).postgresBench(argv),
   redis: async (argv) => (await import('./redis.bench.js')).redisBench(argv),
 };
 

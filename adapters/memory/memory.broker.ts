@@ -23,6 +23,7 @@ import {
   type Json,
 } from '../../lib/job.js';
 import { decodeCursor, encodeCursor, isAfterCursor } from '../../lib/list-cursor.js';
+import { WakeTimer } from '../../lib/wake-timer.js';
 
 export interface MemoryBrokerOptions {
   /**
@@ -91,8 +92,12 @@ export class MemoryBroker implements Broker {
   private readonly listeners = new Set<(event: JobEvent) => void>();
   private readonly workListeners = new Set<() => void>();
   private readonly cancelListeners = new Set<(jobId: string) => void>();
-  private wakeTimer: NodeJS.Timeout | null = null;
-  private wakeAt = Number.POSITIVE_INFINITY;
+  private readonly wake = new WakeTimer(() => {
+    // The next delayed job after the one that came due, then the workers.
+    const next = this.delayed.find((e) => e.job.status === 'queued' && e.job.runAt > Date.now());
+    if (next) this.wake.arm(next.job.runAt);
+    this.notifyWork();
+  });
   private readyCounter = 0;
   private readonly tokenPrefix = `${randomUUID().slice(0, 8)}:`;
   private tokenCounter = 0;
@@ -384,8 +389,7 @@ export class MemoryBroker implements Broker {
 
   async close(): Promise<void> {
     this.closed = true;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
-    this.wakeTimer = null;
+    this.wake.stop();
     this.listeners.clear();
     this.workListeners.clear();
     this.cancelListeners.clear();
@@ -454,7 +458,7 @@ export class MemoryBroker implements Broker {
       else hi = mid;
     }
     this.delayed.splice(lo, 0, entry);
-    this.armWake(runAt);
+    this.wake.arm(runAt);
   }
 
   private pushReady(entry: Entry): void {
@@ -495,23 +499,6 @@ export class MemoryBroker implements Broker {
       }
     }
     return best?.shift();
-  }
-
-  private armWake(at: number): void {
-    if (this.closed || at >= this.wakeAt) return;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
-    this.wakeAt = at;
-    this.wakeTimer = setTimeout(
-      () => {
-        this.wakeTimer = null;
-        this.wakeAt = Number.POSITIVE_INFINITY;
-        const next = this.delayed.find((e) => e.job.status === 'queued' && e.job.runAt > Date.now());
-        if (next) this.armWake(next.job.runAt);
-        this.notifyWork();
-      },
-      Math.max(0, at - Date.now()),
-    );
-    this.wakeTimer.unref();
   }
 
   private emit(entry: Entry, event: Omit<JobEvent, 'jobId' | 'seq' | 'at'>): void {

@@ -25,6 +25,7 @@ import {
   type Json,
 } from '../../lib/job.js';
 import { decodeCursor, encodeCursor } from '../../lib/list-cursor.js';
+import { WakeTimer } from '../../lib/wake-timer.js';
 import { checkSchemaName, latestVersion, migrate, schemaVersion } from './migrations.js';
 
 export interface PostgresBrokerOptions {
@@ -72,14 +73,16 @@ export class PostgresBroker implements Broker {
   private readonly workListeners = new Set<() => void>();
   private readonly cancelListeners = new Set<(jobId: string) => void>();
   private listener: Client | null = null;
-  private listening: Promise<void> | null = null;
+  private listening: Promise<Client> | null = null;
+  /** Channels this broker listens on (again after a reconnect), and their LISTEN on `listener`. */
+  private readonly wanted = new Set<string>();
+  private readonly listens = new Map<string, Promise<void>>();
   private reconnectTimer: NodeJS.Timeout | null = null;
-  private wakeTimer: NodeJS.Timeout | null = null;
-  private wakeAt = Number.POSITIVE_INFINITY;
+  private readonly wake = new WakeTimer(() => this.notifyWork());
   private closed = false;
 
   constructor(options: PostgresBrokerOptions = {}) {
-    this.pg = requireDriver<PgModule>('pg', 'the PostgreSQL broker');
+    this.pg = requireDriver<PgModule>('pg', 'PostgreSQL broker');
     const connection = options.connection ?? 'postgres://postgres@127.0.0.1:5432/postgres';
     if (connection instanceof this.pg.Pool) {
       this.pool = connection;
@@ -203,7 +206,7 @@ export class PostgresBroker implements Broker {
       logs: [],
     };
     // NOTIFY reaches this process's listener too, but one still connecting would miss it.
-    if (input.runAt !== undefined && input.runAt > Date.now()) this.armWake(input.runAt);
+    if (input.runAt !== undefined && input.runAt > Date.now()) this.wake.arm(input.runAt);
     else this.notifyWork();
     return { job, created: true };
   }
@@ -221,7 +224,7 @@ export class PostgresBroker implements Broker {
 
   private leasesOf(reply: ClaimReply): Lease[] {
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
-    if (reply.nextDue !== null) this.armWake(reply.nextDue);
+    if (reply.nextDue !== null) this.wake.arm(reply.nextDue);
     return reply.leases.map((raw) => ({ token: raw.token!, job: toRecord(raw) }));
   }
 
@@ -241,7 +244,7 @@ export class PostgresBroker implements Broker {
       } else if (outcome.type === 'fail') {
         values.push(JSON.stringify(outcome.error));
         retryAts.push(outcome.retryAt ?? null);
-        if (outcome.retryAt !== undefined && outcome.retryAt > Date.now()) this.armWake(outcome.retryAt);
+        if (outcome.retryAt !== undefined && outcome.retryAt > Date.now()) this.wake.arm(outcome.retryAt);
       } else {
         values.push(null);
         retryAts.push(null);
@@ -290,7 +293,7 @@ export class PostgresBroker implements Broker {
   }
 
   fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
-    if (retryAt !== undefined && retryAt > Date.now()) this.armWake(retryAt);
+    if (retryAt !== undefined && retryAt > Date.now()) this.wake.arm(retryAt);
     return this.settleOne(jobId, token, 'fail', JSON.stringify(error), retryAt);
   }
 
@@ -419,7 +422,7 @@ export class PostgresBroker implements Broker {
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
     this.listeners.add(listener);
     try {
-      await this.listen();
+      await this.listen(this.channels.events);
     } catch (err) {
       this.listeners.delete(listener);
       throw err;
@@ -429,7 +432,7 @@ export class PostgresBroker implements Broker {
 
   onWork(listener: () => void): Unsubscribe {
     this.workListeners.add(listener);
-    this.listen().catch(() => {
+    this.listen(this.channels.work).catch(() => {
       // The worker polls as a backstop; the listener reconnects by itself.
     });
     return () => this.workListeners.delete(listener);
@@ -437,7 +440,7 @@ export class PostgresBroker implements Broker {
 
   onCancel(listener: (jobId: string) => void): Unsubscribe {
     this.cancelListeners.add(listener);
-    this.listen().catch(() => {
+    this.listen(this.channels.cancel).catch(() => {
       // Lease renewal reports a requested cancel as well, within a third of the lease.
     });
     return () => this.cancelListeners.delete(listener);
@@ -479,7 +482,7 @@ export class PostgresBroker implements Broker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wake.stop();
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.listeners.clear();
     this.workListeners.clear();
@@ -493,12 +496,19 @@ export class PostgresBroker implements Broker {
   }
 
   /**
-   * The one LISTEN connection of this broker (not from the pool: it is held for good), on the
-   * events, work and cancel channels. When it drops, it reconnects with a growing delay and tells
-   * the workers to claim (a wake-up may have been missed meanwhile).
+   * Listen on one of the broker's channels, on its one LISTEN connection (not from the pool: it is
+   * held for good). Each channel is listened to when first needed: a worker-only process takes
+   * wake-ups and cancels, not the events of every job. When the connection drops, it reconnects
+   * with a growing delay, listens again, and tells the workers to claim (a wake-up may have been
+   * missed meanwhile).
    */
-  private listen(): Promise<void> {
+  private listen(channel: string): Promise<void> {
     if (this.closed) return Promise.reject(new Error('The broker is closed.'));
+    this.wanted.add(channel);
+    return this.connection().then((client) => this.listenOn(client, channel));
+  }
+
+  private connection(): Promise<Client> {
     if (!this.listening) {
       this.listening = this.connectListener().catch((err) => {
         this.listening = null;
@@ -508,7 +518,22 @@ export class PostgresBroker implements Broker {
     return this.listening;
   }
 
-  private async connectListener(): Promise<void> {
+  private listenOn(client: Client, channel: string): Promise<void> {
+    let listening = this.listens.get(channel);
+    if (!listening) {
+      listening = client.query(`LISTEN "${channel}"`).then(
+        () => {},
+        (err) => {
+          this.listens.delete(channel);
+          throw err;
+        },
+      );
+      this.listens.set(channel, listening);
+    }
+    return listening;
+  }
+
+  private async connectListener(): Promise<Client> {
     const client = new this.pg.Client({ ...this.pool.options, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
     client.on('error', () => {});
     client.on('notification', (msg) => this.onNotification(msg.channel, msg.payload ?? ''));
@@ -516,14 +541,15 @@ export class PostgresBroker implements Broker {
       if (this.listener !== client || this.closed) return;
       this.listener = null;
       this.listening = null;
+      this.listens.clear();
       this.scheduleReconnect(250);
     });
     await client.connect();
+    this.listens.clear();
     try {
-      await client.query(
-        `LISTEN "${this.channels.events}"; LISTEN "${this.channels.work}"; LISTEN "${this.channels.cancel}"`,
-      );
+      await Promise.all([...this.wanted].map((channel) => this.listenOn(client, channel)));
     } catch (err) {
+      this.listens.clear();
       await client.end().catch(() => {});
       throw err;
     }
@@ -532,6 +558,7 @@ export class PostgresBroker implements Broker {
       throw new Error('The broker is closed.');
     }
     this.listener = client;
+    return client;
   }
 
   private scheduleReconnect(delayMs: number): void {
@@ -539,7 +566,7 @@ export class PostgresBroker implements Broker {
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       if (this.closed) return;
-      this.listen().then(
+      this.connection().then(
         () => this.notifyWork(),
         () => this.scheduleReconnect(Math.min(delayMs * 2, 5000)),
       );
@@ -551,7 +578,7 @@ export class PostgresBroker implements Broker {
     if (channel === this.channels.work) {
       // The payload is when the job comes due: now, or later (a delay, a retry's backoff).
       const at = Number(payload);
-      if (at > Date.now()) this.armWake(at);
+      if (at > Date.now()) this.wake.arm(at);
       else this.notifyWork();
     } else if (channel === this.channels.cancel) {
       for (const listener of this.cancelListeners) listener(payload);
@@ -593,21 +620,6 @@ export class PostgresBroker implements Broker {
 
   private notifyWork(): void {
     for (const listener of this.workListeners) listener();
-  }
-
-  private armWake(at: number): void {
-    if (this.closed || at >= this.wakeAt) return;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
-    this.wakeAt = at;
-    this.wakeTimer = setTimeout(
-      () => {
-        this.wakeTimer = null;
-        this.wakeAt = Number.POSITIVE_INFINITY;
-        this.notifyWork();
-      },
-      Math.max(0, at - Date.now()),
-    );
-    this.wakeTimer.unref();
   }
 }
 

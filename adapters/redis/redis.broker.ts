@@ -27,6 +27,7 @@ import {
   type Json,
 } from '../../lib/job.js';
 import { decodeCursor, encodeCursor } from '../../lib/list-cursor.js';
+import { WakeTimer } from '../../lib/wake-timer.js';
 
 export interface RedisBrokerOptions {
   /**
@@ -126,8 +127,7 @@ export class RedisBroker implements Broker {
   /** Channels subscribed or being subscribed on `subscriber`. */
   private readonly channels = new Map<string, Promise<void>>();
   private workSubscribed = false;
-  private wakeTimer: NodeJS.Timeout | null = null;
-  private wakeAt = Number.POSITIVE_INFINITY;
+  private readonly wake = new WakeTimer(() => this.notifyWork());
   private closed = false;
   /** Connected once: until then, commands queue while the first connection comes up. */
   private wasReady = false;
@@ -135,7 +135,7 @@ export class RedisBroker implements Broker {
   constructor(options: RedisBrokerOptions = {}) {
     const connection = options.connection ?? 'redis://127.0.0.1:6379';
     if (typeof connection === 'string' || !isClient(connection)) {
-      const IORedis = requireDriver<typeof import('ioredis')>('ioredis', 'the Redis broker').default;
+      const IORedis = requireDriver<typeof import('ioredis')>('ioredis', 'Redis broker').default;
       this.client =
         typeof connection === 'string' ? new IORedis(connection) : new IORedis(connection as RedisOptions);
       this.ownsClient = true;
@@ -238,7 +238,7 @@ export class RedisBroker implements Broker {
       logs: [],
     };
     // Published as well; until this process's subscriber is up, its own workers are told here.
-    if (input.runAt !== undefined && input.runAt > Date.now()) this.armWake(input.runAt);
+    if (input.runAt !== undefined && input.runAt > Date.now()) this.wake.arm(input.runAt);
     else if (!subscribed) this.notifyWork();
     return { job, created: true };
   }
@@ -256,7 +256,7 @@ export class RedisBroker implements Broker {
       leases.push({ token: String(reply[i]), job: toRecord(reply[i + 1] as RecordReply) });
     }
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
-    if (reply[at] !== '') this.armWake(Number(reply[at]));
+    if (reply[at] !== '') this.wake.arm(Number(reply[at]));
     return leases;
   }
 
@@ -311,7 +311,7 @@ export class RedisBroker implements Broker {
     }
     const reply: unknown[] = await this.run('settle', ...args);
     // The wake-up is published too, but a subscriber still connecting would miss it.
-    if (wakeAt > Date.now() && wakeAt !== Number.POSITIVE_INFINITY) this.armWake(wakeAt);
+    if (wakeAt > Date.now() && wakeAt !== Number.POSITIVE_INFINITY) this.wake.arm(wakeAt);
     return { accepted: (reply[0] as number[]).map((a) => a === 1), leases: this.leasesOf(reply, 1) };
   }
 
@@ -419,7 +419,7 @@ export class RedisBroker implements Broker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wake.stop();
     this.listeners.clear();
     this.workListeners.clear();
     this.cancelListeners.clear();
@@ -469,7 +469,7 @@ export class RedisBroker implements Broker {
     if (channel === this.workChannel) {
       // The message is when the job comes due: now, or later (a delay, a retry's backoff).
       const at = Number(message);
-      if (at > Date.now()) this.armWake(at);
+      if (at > Date.now()) this.wake.arm(at);
       else this.notifyWork();
     } else if (channel === this.cancelChannel) {
       for (const listener of this.cancelListeners) listener(message);
@@ -489,21 +489,6 @@ export class RedisBroker implements Broker {
 
   private notifyWork(): void {
     for (const listener of this.workListeners) listener();
-  }
-
-  private armWake(at: number): void {
-    if (this.closed || at >= this.wakeAt) return;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
-    this.wakeAt = at;
-    this.wakeTimer = setTimeout(
-      () => {
-        this.wakeTimer = null;
-        this.wakeAt = Number.POSITIVE_INFINITY;
-        this.notifyWork();
-      },
-      Math.max(0, at - Date.now()),
-    );
-    this.wakeTimer.unref();
   }
 }
 

@@ -1321,6 +1321,16 @@ export function brokerConformance(
         assert.equal((await claimWhenDue('the delayed job')).length, 1);
       });
 
+      it('does not wake listeners again and again for a job due in more than 24.8 days', async () => {
+        // setTimeout turns a delay past 2^31 - 1 ms into 1 ms.
+        let calls = 0;
+        unsubscribes.push(broker.onWork(() => calls++));
+        await add({ runAt: Date.now() + 30 * 24 * 3600 * 1000 });
+        assert.deepEqual(await claim(), []);
+        await sleep(QUIET_MS);
+        assert.ok(calls <= 2, `${calls} wake-ups`);
+      });
+
       it('wakes listeners when a retry comes due', async () => {
         await add();
         const lease = await claimOne();

@@ -180,8 +180,13 @@ END $$;
 -- age limit that never started is failed instead. Returns a JSON array of records (with their
 -- lease token, without logs), then when the next delayed job comes due, as
 -- {"leases":[...],"nextDue":ms|null}.
+-- The planner settings: take due jobs by walking job_ready in order, never by reading every due
+-- job and sorting them. Without fresh statistics (a new table, a burst) the planner thinks the
+-- queue is tiny and picks that bitmap scan and sort, whose cost grows with the backlog.
 CREATE FUNCTION {{schema}}.claim(p_tasks text[], p_limit integer, p_lease_ms bigint, p_history integer)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql
+SET enable_bitmapscan = off SET enable_seqscan = off SET enable_sort = off
+AS $$
 DECLARE
   now_ms bigint := {{schema}}.now_ms();
   j {{schema}}.job;
