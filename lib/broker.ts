@@ -75,6 +75,14 @@ export interface Broker {
   settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult>;
 
   /**
+   * The share of a worker's slots it may end in one `settle` call (default 1/4). Small for a
+   * broker whose calls are cheap next to a round trip (Redis: several calls in flight keep it
+   * busy while the worker runs jobs); large for one whose every call is a transaction to commit
+   * (PostgreSQL, SQLite), where fewer, larger calls cost less per job.
+   */
+  readonly settleShare?: number;
+
+  /**
    * Hand a running job back to the queue without counting the attempt (graceful shutdown).
    * A job whose cancel was requested ends `canceled` instead. Holder only.
    */

@@ -400,13 +400,14 @@ export class Worker {
   /**
    * Write the outcomes queued this turn, each call claiming as many jobs as slots it frees (as
    * BullMQ's moveToFinished fetches the next job). Runs that end together share a call, but a
-   * call takes at most a quarter of the slots: with several calls in flight, the broker works on
-   * one while this process runs the jobs another brought back.
+   * call takes at most the broker's `settleShare` of the slots (a quarter by default): with
+   * several calls in flight, the broker works on one while this process runs the jobs another
+   * brought back.
    */
   private flushWrites(): void {
     const writes = this.writes;
     this.writes = [];
-    const size = Math.ceil(this.config.concurrency / 4);
+    const size = Math.ceil(this.config.concurrency * (this.broker.settleShare ?? 0.25));
     for (let i = 0; i < writes.length; i += size) this.settle(writes.slice(i, i + size));
   }
 

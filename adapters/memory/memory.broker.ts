@@ -103,7 +103,6 @@ export class MemoryBroker implements Broker {
   private tokenCounter = 0;
   private readonly historyLimit: number;
   private readonly logLimit: number;
-  private closed = false;
 
   constructor(options: MemoryBrokerOptions = {}) {
     this.historyLimit = options.historyLimit ?? 100;
@@ -388,7 +387,6 @@ export class MemoryBroker implements Broker {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
     this.wake.stop();
     this.listeners.clear();
     this.workListeners.clear();

@@ -58,6 +58,8 @@ const CONNECT_TIMEOUT_MS = 2000;
  * LISTEN connection per broker carries wake-ups, cancels and job events to every process.
  */
 export class PostgresBroker implements Broker {
+  /** Each settle is a transaction to commit: half the slots per call measured best (BENCHMARKS.md). */
+  readonly settleShare = 0.5;
   readonly pool: Pool;
   readonly schema: string;
   private readonly ownsPool: boolean;
@@ -179,7 +181,7 @@ export class PostgresBroker implements Broker {
       created: boolean;
       createdAt: number;
       runAt: number;
-      job?: RawRecord;
+      job?: JobRow;
     };
     if (!parsed.created) return { job: toRecord(parsed.job!), created: false };
     const job: JobRecord = {
@@ -225,7 +227,7 @@ export class PostgresBroker implements Broker {
   private leasesOf(reply: ClaimReply): Lease[] {
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
     if (reply.nextDue !== null) this.wake.arm(reply.nextDue);
-    return reply.leases.map((raw) => ({ token: raw.token!, job: toRecord(raw) }));
+    return reply.leases.map((row) => ({ token: String(row.token), job: toRecord(row) }));
   }
 
   async settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult> {
@@ -346,7 +348,7 @@ export class PostgresBroker implements Broker {
       owner ?? null,
       this.historyLimit,
     ]);
-    const parsed = JSON.parse(reply) as { outcome: CancelOutcome; job: RawRecord | null };
+    const parsed = JSON.parse(reply) as { outcome: CancelOutcome; job: JobRow | null };
     return { outcome: parsed.outcome, job: parsed.job ? toRecord(parsed.job) : null };
   }
 
@@ -355,17 +357,18 @@ export class PostgresBroker implements Broker {
     await this.init();
     const { rows } = await this.pool.query(`SELECT ${this.s}.retry($1, $2) AS r`, [jobId, this.historyLimit]);
     const reply = rows[0]?.r as string | null;
-    return reply ? toRecord(JSON.parse(reply) as RawRecord) : null;
+    return reply ? toRecord(JSON.parse(reply) as JobRow) : null;
   }
 
   async get(jobId: string): Promise<JobRecord | null> {
     if (!isUuid(jobId)) return null;
     const reply = await this.call<string | undefined>(
       'get',
-      `SELECT ${this.s}.job_json(j, true) AS r FROM ${this.s}.job j WHERE id = $1`,
+      // The row as JSON text: one column for node-pg to decode.
+      `SELECT row_to_json(j)::text AS r FROM ${this.s}.job j WHERE id = $1`,
       [jobId],
     );
-    return reply ? toRecord(JSON.parse(reply) as RawRecord) : null;
+    return reply ? toRecord(JSON.parse(reply) as JobRow) : null;
   }
 
   async list(query: ListQuery): Promise<ListPage> {
@@ -389,12 +392,12 @@ export class PostgresBroker implements Broker {
     }
     values.push(query.limit + 1);
     const { rows } = await this.pool.query(
-      `SELECT ${this.s}.job_json(j, true) AS r FROM ${this.s}.job j
+      `SELECT row_to_json(j)::text AS r FROM ${this.s}.job j
        ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
        ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
       values,
     );
-    const jobs = rows.slice(0, query.limit).map((row) => toRecord(JSON.parse(row.r as string) as RawRecord));
+    const jobs = rows.slice(0, query.limit).map((row) => toRecord(JSON.parse(row.r as string) as JobRow));
     const last = jobs[jobs.length - 1];
     return { jobs, nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null };
   }
@@ -568,7 +571,7 @@ export class PostgresBroker implements Broker {
       if (this.closed) return;
       this.connection().then(
         () => this.notifyWork(),
-        () => this.scheduleReconnect(Math.min(delayMs * 2, 5000)),
+        () => this.scheduleReconnect(Math.min(delayMs * 2, 1000)),
       );
     }, delayMs);
     this.reconnectTimer.unref();
@@ -583,39 +586,50 @@ export class PostgresBroker implements Broker {
     } else if (channel === this.channels.cancel) {
       for (const listener of this.cancelListeners) listener(payload);
     } else if (channel === this.channels.events && this.listeners.size > 0) {
-      let event: JobEvent & { ref?: boolean };
+      // One event, or the events of one call as an array.
+      let parsed: EventNotice | EventNotice[];
       try {
-        event = JSON.parse(payload) as JobEvent & { ref?: boolean };
+        parsed = JSON.parse(payload) as EventNotice | EventNotice[];
       } catch {
         return;
       }
-      if (event.ref) {
-        // Too large for a NOTIFY: read it from the history, in arrival order per job.
-        void this.fetchEvent(event.jobId, event.seq);
-        return;
-      }
-      for (const listener of this.listeners) listener(event);
+      for (const event of Array.isArray(parsed) ? parsed : [parsed]) this.deliver(event);
     }
   }
 
-  /** Events read back by reference, delivered in the order their notices arrived. */
-  private fetching: Promise<void> = Promise.resolve();
+  /** Events still to deliver behind one read back from the history, in arrival order. */
+  private backlog: Promise<void> | null = null;
 
-  private fetchEvent(jobId: string, seq: number): Promise<void> {
-    this.fetching = this.fetching.then(async () => {
-      try {
-        const { rows } = await this.pool.query(
-          `SELECT body FROM ${this.s}.event WHERE job_id = $1 AND seq = $2`,
-          [jobId, seq],
-        );
-        if (!rows[0]) return;
-        const event = JSON.parse(rows[0].body as string) as JobEvent;
-        for (const listener of this.listeners) listener(event);
-      } catch {
-        // The SSE stream sends a snapshot when it sees a gap in seq.
+  /**
+   * An event too large for a NOTIFY came as a reference: read it from the history. The events
+   * after it wait for that read, so each job's events still arrive in seq order.
+   */
+  private deliver(event: EventNotice): void {
+    if (!event.ref && !this.backlog) {
+      for (const listener of this.listeners) listener(event);
+      return;
+    }
+    const previous = this.backlog ?? Promise.resolve();
+    const next = previous.then(async () => {
+      let full: JobEvent | null = event;
+      if (event.ref) {
+        full = null;
+        try {
+          const { rows } = await this.pool.query(
+            `SELECT body FROM ${this.s}.event WHERE job_id = $1 AND seq = $2`,
+            [event.jobId, event.seq],
+          );
+          if (rows[0]) full = JSON.parse(rows[0].body as string) as JobEvent;
+        } catch {
+          // Gone or unreadable: the SSE stream sends a snapshot when it sees a gap in seq.
+        }
       }
+      if (full) for (const listener of this.listeners) listener(full);
     });
-    return this.fetching;
+    this.backlog = next;
+    void next.then(() => {
+      if (this.backlog === next) this.backlog = null;
+    });
   }
 
   private notifyWork(): void {
@@ -625,20 +639,66 @@ export class PostgresBroker implements Broker {
 
 const NO_CLAIM: ClaimRequest = { tasks: [], limit: 0, leaseMs: 0, workerId: '' };
 
-interface RawRecord extends Omit<JobRecord, 'logs'> {
-  token?: string | null;
+/** A row of the job table as row_to_json writes it. */
+interface JobRow {
+  id: string;
+  task: string;
+  payload: string;
+  status: JobStatus;
+  progress: string | null;
+  result: string | null;
+  error: string | null;
+  attempts: number;
+  max_attempts: number;
+  run_at: number;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  expire_at: number | null;
+  timeout_ms: number | null;
+  owner: string | null;
+  idempotency_key: string | null;
+  payload_hash: string | null;
+  cancel_requested: boolean;
+  seq: number;
+  token: number | null;
   logs: string[];
 }
 
 interface ClaimReply {
-  leases: RawRecord[];
+  leases: JobRow[];
   nextDue: number | null;
 }
 
-/** A record from a function's JSON (camelCase already; the lease token dropped). */
-function toRecord(raw: RawRecord): JobRecord {
-  const { token: _token, ...job } = raw;
-  return job;
+type EventNotice = JobEvent & { ref?: boolean };
+
+const parseJson = (text: string | null): unknown => (text === null ? null : JSON.parse(text));
+
+/** A job record from its row (JSON values are stored as text). */
+function toRecord(row: JobRow): JobRecord {
+  return {
+    id: row.id,
+    task: row.task,
+    payload: JSON.parse(row.payload) as Json,
+    status: row.status,
+    progress: parseJson(row.progress) as JobProgress | null,
+    result: parseJson(row.result) as Json,
+    error: parseJson(row.error) as JobError | null,
+    attempts: row.attempts,
+    maxAttempts: row.max_attempts,
+    runAt: row.run_at,
+    createdAt: row.created_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    expireAt: row.expire_at,
+    timeoutMs: row.timeout_ms,
+    owner: row.owner,
+    idempotencyKey: row.idempotency_key,
+    payloadHash: row.payload_hash,
+    cancelRequested: row.cancel_requested,
+    seq: row.seq,
+    logs: row.logs,
+  };
 }
 
 /** Lease tokens are bigints in the database; anything else can hold no lease. */

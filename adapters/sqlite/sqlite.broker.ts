@@ -159,6 +159,8 @@ interface EventRow {
  * `historyLimit` more (with the worker's coalesced progress, far more than one poll's worth).
  */
 export class SqliteBroker implements Broker {
+  /** Each settle is a write transaction on one file: all the slots that end together in one. */
+  readonly settleShare = 1;
   /** The connection (the app's own when it passed `database`). */
   readonly db: Database;
   private readonly ownsDb: boolean;

@@ -46,6 +46,8 @@ CREATE SEQUENCE {{schema}}.token_seq;
 CREATE INDEX job_ready ON {{schema}}.job (run_at, ord) WHERE status = 'queued';
 -- Recovery: running jobs by lease end.
 CREATE INDEX job_running ON {{schema}}.job (lease_until) WHERE status = 'running';
+-- Age limits: queued jobs that may expire before they start.
+CREATE INDEX job_expiring ON {{schema}}.job (expire_at) WHERE status = 'queued' AND started_at IS NULL;
 -- Purge: finished jobs by end time.
 CREATE INDEX job_finished ON {{schema}}.job (finished_at) WHERE finished_at IS NOT NULL;
 -- Listing, newest first, all or one owner's.
@@ -64,27 +66,6 @@ CREATE TABLE {{schema}}.event (
 -- The database server's clock in ms (the transaction's start: one time per call).
 CREATE FUNCTION {{schema}}.now_ms() RETURNS bigint LANGUAGE sql STABLE AS $$
   SELECT (extract(epoch FROM now()) * 1000)::bigint
-$$;
-
--- A job as the broker hands it out: camelCase JSON text members, JSON values inlined as stored.
-CREATE FUNCTION {{schema}}.job_json(j {{schema}}.job, with_logs boolean) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT '{"id":"' || j.id || '","task":' || to_json(j.task) || ',"payload":' || j.payload
-    || ',"status":"' || j.status || '","progress":' || coalesce(j.progress, 'null')
-    || ',"result":' || coalesce(j.result, 'null') || ',"error":' || coalesce(j.error, 'null')
-    || ',"attempts":' || j.attempts || ',"maxAttempts":' || j.max_attempts
-    || ',"runAt":' || j.run_at || ',"createdAt":' || j.created_at
-    || ',"startedAt":' || coalesce(j.started_at::text, 'null')
-    || ',"finishedAt":' || coalesce(j.finished_at::text, 'null')
-    || ',"expireAt":' || coalesce(j.expire_at::text, 'null')
-    || ',"timeoutMs":' || coalesce(j.timeout_ms::text, 'null')
-    || ',"owner":' || coalesce(to_json(j.owner)::text, 'null')
-    || ',"idempotencyKey":' || coalesce(to_json(j.idempotency_key)::text, 'null')
-    || ',"payloadHash":' || coalesce(to_json(j.payload_hash)::text, 'null')
-    || ',"cancelRequested":' || j.cancel_requested
-    || ',"seq":' || j.seq
-    || ',"token":' || coalesce('"' || j.token || '"', 'null')
-    || ',"logs":' || CASE WHEN with_logs THEN to_json(j.logs)::text ELSE '[]' END || '}'
 $$;
 
 -- Record an event (history row) and queue its NOTIFY. An event too large for a NOTIFY payload
@@ -150,7 +131,7 @@ DECLARE
 BEGIN
   IF p_idem IS NOT NULL THEN
     SELECT * INTO j FROM {{schema}}.job WHERE idem = p_idem;
-    IF FOUND THEN RETURN '{"created":false,"job":' || {{schema}}.job_json(j, true) || '}'; END IF;
+    IF FOUND THEN RETURN '{"created":false,"job":' || row_to_json(j)::text || '}'; END IF;
   END IF;
   IF p_max_queued IS NOT NULL THEN
     PERFORM pg_advisory_xact_lock(hashtext({{channel}} || ':max-queued'));
@@ -168,7 +149,7 @@ BEGIN
   IF NOT FOUND THEN
     -- A concurrent enqueue with the same key committed first: answer with its job.
     SELECT * INTO j FROM {{schema}}.job WHERE idem = p_idem;
-    RETURN '{"created":false,"job":' || {{schema}}.job_json(j, true) || '}';
+    RETURN '{"created":false,"job":' || row_to_json(j)::text || '}';
   END IF;
   PERFORM {{schema}}.emit(j.id, 1, '"type":"status","status":"queued","attempts":0');
   PERFORM pg_notify({{channel}} || ':work', j.run_at::text);
@@ -180,92 +161,179 @@ END $$;
 -- age limit that never started is failed instead. Returns a JSON array of records (with their
 -- lease token, without logs), then when the next delayed job comes due, as
 -- {"leases":[...],"nextDue":ms|null}.
--- The planner settings: take due jobs by walking job_ready in order, never by reading every due
--- job and sorting them. Without fresh statistics (a new table, a burst) the planner thinks the
--- queue is tiny and picks that bitmap scan and sort, whose cost grows with the backlog.
-CREATE FUNCTION {{schema}}.claim(p_tasks text[], p_limit integer, p_lease_ms bigint, p_history integer)
-RETURNS text LANGUAGE plpgsql
-SET enable_bitmapscan = off SET enable_seqscan = off SET enable_sort = off
-AS $$
+-- Record events (history rows, the last p_history kept per job) and queue their NOTIFYs, set-based:
+-- one call for all the events of a settle. An event too large for a NOTIFY payload (8000 bytes)
+-- is announced by reference; listeners read it from the history.
+CREATE FUNCTION {{schema}}.publish(p_ids uuid[], p_seqs integer[], p_bodies text[], p_history integer)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-  now_ms bigint := {{schema}}.now_ms();
-  j {{schema}}.job;
-  out text := '';
-  taken integer := 0;
-  found_any boolean;
-  next_due bigint;
+  buf text := '';
+  ev text;
+  top integer := 0;
 BEGIN
-  WHILE taken < p_limit AND cardinality(p_tasks) > 0 LOOP
-    -- Jobs past their age limit are failed and do not count: look again until p_limit are
-    -- leased or none is due.
-    found_any := false;
-    FOR j IN
-      SELECT * FROM {{schema}}.job
-      WHERE status = 'queued' AND run_at <= now_ms AND task = ANY (p_tasks)
-      ORDER BY run_at, ord
-      LIMIT p_limit - taken
-      FOR UPDATE SKIP LOCKED
-    LOOP
-      found_any := true;
-      IF j.expire_at IS NOT NULL AND j.started_at IS NULL AND j.expire_at <= now_ms THEN
-        PERFORM {{schema}}.finish(j, 'failed', NULL,
-          '{"message":"The job was not started before its age limit.","code":"ERR_OFFLOAD_EXPIRED"}', p_history);
-        CONTINUE;
-      END IF;
-      UPDATE {{schema}}.job SET status = 'running', attempts = attempts + 1, started_at = now_ms,
-        token = nextval('{{schema}}.token_seq'), lease_until = now_ms + p_lease_ms, seq = seq + 1
-      WHERE id = j.id
-      RETURNING * INTO j;
-      PERFORM {{schema}}.emit(j.id, j.seq, '"type":"status","status":"running","attempts":' || j.attempts);
-      IF j.seq > p_history THEN PERFORM {{schema}}.trim_history(j.id, j.seq, p_history); END IF;
-      out := out || CASE WHEN taken > 0 THEN ',' ELSE '' END || {{schema}}.job_json(j, false);
-      taken := taken + 1;
-    END LOOP;
-    EXIT WHEN NOT found_any;
+  IF coalesce(cardinality(p_ids), 0) = 0 THEN RETURN; END IF;
+  INSERT INTO {{schema}}.event (job_id, seq, body) SELECT * FROM unnest(p_ids, p_seqs, p_bodies);
+  -- As few NOTIFYs as fit: the events go as JSON arrays of up to about 7900 bytes.
+  FOR i IN 1 .. cardinality(p_ids) LOOP
+    top := greatest(top, p_seqs[i]);
+    ev := CASE WHEN octet_length(p_bodies[i]) > 7900
+      THEN '{"jobId":"' || p_ids[i] || '","seq":' || p_seqs[i] || ',"ref":true}' ELSE p_bodies[i] END;
+    IF buf <> '' AND octet_length(buf) + octet_length(ev) > 7890 THEN
+      PERFORM pg_notify({{channel}} || ':events', '[' || buf || ']');
+      buf := '';
+    END IF;
+    buf := buf || CASE WHEN buf = '' THEN '' ELSE ',' END || ev;
   END LOOP;
-  IF taken < p_limit THEN
-    SELECT min(run_at) INTO next_due FROM {{schema}}.job WHERE status = 'queued' AND run_at > now_ms;
+  PERFORM pg_notify({{channel}} || ':events', '[' || buf || ']');
+  IF top > p_history THEN
+    DELETE FROM {{schema}}.event e USING unnest(p_ids, p_seqs) AS n(id, seq)
+    WHERE n.seq > p_history AND e.job_id = n.id AND e.seq <= n.seq - p_history;
   END IF;
-  RETURN '{"leases":[' || out || '],"nextDue":' || coalesce(next_due::text, 'null') || '}';
 END $$;
 
 -- Settle: end runs, each only if p_tokens[i] is its current lease (a requested cancel wins over
--- any outcome), then claim as claim() does for the slots they free. p_outcomes: 'complete'
--- (p_values = result), 'fail' (p_values = error; p_retry_at NULL = final), 'cancel', 'release'
--- (back to the queue at once, the attempt not counted). Returns claim()'s JSON with
--- "accepted":[bool...] added.
+-- any outcome), then claim up to p_limit due jobs of p_tasks, oldest first, each leased for
+-- p_lease_ms to this caller alone (SKIP LOCKED: concurrent claims take different jobs and never
+-- wait). A due job past its age limit that never started is failed instead of handed out.
+-- p_outcomes: 'complete' (p_values = result), 'fail' (p_values = error; p_retry_at NULL = final),
+-- 'cancel', 'release' (back to the queue at once, the attempt not counted). With no runs it is
+-- a plain claim. The claim is a statement of its own, after the runs ended: a run re-queued for
+-- now is claimable by it.
+--
+-- Set-based: the cost of a call is spread over the jobs it ends and claims (a busy worker
+-- settles a batch of runs and claims their slots' next jobs at once).
+--
+-- The planner settings make the claim walk job_ready in order, never read every due job and sort
+-- them: without fresh statistics (a new table, a burst) the planner thinks the queue is tiny and
+-- picks that bitmap scan and sort, whose cost grows with the backlog.
+--
+-- Returns {"accepted":[bool per run],"leases":[records with token, without logs],
+-- "nextDue":ms|null} (nextDue: the earliest delayed job, when fewer than p_limit were leased).
 CREATE FUNCTION {{schema}}.settle(p_ids uuid[], p_tokens bigint[], p_outcomes text[], p_values text[],
   p_retry_at bigint[], p_tasks text[], p_limit integer, p_lease_ms bigint, p_history integer)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql
+SET enable_bitmapscan = off SET enable_seqscan = off SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
-  j {{schema}}.job;
-  accepted text := '';
-  ok boolean;
-  claimed text;
+  now_ms bigint := {{schema}}.now_ms();
+  accepted text;
+  leases text;
+  ev_ids uuid[];
+  ev_seqs integer[];
+  ev_bodies text[];
+  woke bigint;
+  taken integer := 0;
+  next_due bigint;
 BEGIN
-  -- Lock the rows in one order, so two settles that share a job (a stale worker's and the
-  -- current holder's) cannot deadlock.
-  PERFORM 1 FROM {{schema}}.job WHERE id = ANY (p_ids) ORDER BY id FOR UPDATE;
-  FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
-    SELECT * INTO j FROM {{schema}}.job WHERE id = p_ids[i] FOR UPDATE;
-    ok := FOUND AND j.status = 'running' AND coalesce(j.token = p_tokens[i], false);
-    accepted := accepted || CASE WHEN i > 1 THEN ',' ELSE '' END || ok;
-    CONTINUE WHEN NOT ok;
-    IF p_outcomes[i] = 'cancel' OR j.cancel_requested THEN
-      PERFORM {{schema}}.finish(j, 'canceled', NULL, NULL, p_history);
-    ELSIF p_outcomes[i] = 'complete' THEN
-      PERFORM {{schema}}.finish(j, 'succeeded', p_values[i], NULL, p_history);
-    ELSIF p_outcomes[i] = 'fail' AND p_retry_at[i] IS NULL THEN
-      PERFORM {{schema}}.finish(j, 'failed', NULL, p_values[i], p_history);
-    ELSIF p_outcomes[i] = 'fail' THEN
-      PERFORM {{schema}}.requeue(j, p_retry_at[i], p_values[i], j.attempts, p_history);
-    ELSE
-      PERFORM {{schema}}.requeue(j, {{schema}}.now_ms(), j.error, j.attempts - 1, p_history);
-    END IF;
-  END LOOP;
-  claimed := {{schema}}.claim(p_tasks, p_limit, p_lease_ms, p_history);
-  RETURN '{"accepted":[' || accepted || '],' || substr(claimed, 2);
+  -- Do not wait for the commit to reach the disk. A crash of the database server can then lose
+  -- the last settles: their jobs are still running with leases that expire, so they run again
+  -- (at-least-once, as when a worker dies). Enqueue keeps its synchronous commit: a 202 is kept.
+  PERFORM set_config('synchronous_commit', 'off', true);
+  IF coalesce(cardinality(p_ids), 0) > 0 THEN
+    WITH runs AS (
+      SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_values, p_retry_at)
+        WITH ORDINALITY AS t(id, token, outcome, value, retry_at, n)
+    ),
+    -- The runs whose token is current (locked in one order: no deadlock with another settle),
+    -- and what becomes of each.
+    held AS (
+      SELECT r.n, j.id, r.outcome, r.value, r.retry_at,
+        CASE WHEN r.outcome = 'cancel' OR j.cancel_requested THEN 'canceled'
+             WHEN r.outcome = 'complete' THEN 'succeeded'
+             WHEN r.outcome = 'fail' AND r.retry_at IS NULL THEN 'failed'
+             ELSE 'queued' END AS next_status
+      FROM runs r JOIN {{schema}}.job j ON j.id = r.id
+      WHERE j.status = 'running' AND j.token = r.token
+      ORDER BY j.id
+      FOR UPDATE OF j
+    ),
+    ended AS (
+      UPDATE {{schema}}.job j SET
+        status = h.next_status,
+        seq = j.seq + 1,
+        lease_until = NULL,
+        finished_at = CASE WHEN h.next_status = 'queued' THEN NULL ELSE now_ms END,
+        cancel_requested = false,
+        result = CASE WHEN h.next_status = 'succeeded' THEN h.value END,
+        error = CASE WHEN h.next_status = 'succeeded' THEN NULL
+                     WHEN h.outcome = 'fail' AND h.next_status <> 'canceled' THEN h.value
+                     ELSE j.error END,
+        attempts = CASE WHEN h.outcome = 'release' AND h.next_status = 'queued' THEN j.attempts - 1 ELSE j.attempts END,
+        run_at = CASE WHEN h.next_status = 'queued' THEN coalesce(h.retry_at, now_ms) ELSE j.run_at END,
+        ord = CASE WHEN h.next_status = 'queued' THEN nextval('{{schema}}.ord_seq') ELSE j.ord END
+      FROM held h
+      WHERE j.id = h.id
+      RETURNING j.id, j.seq, j.status, j.attempts, j.result, j.error, j.run_at
+    )
+    SELECT a.accepted, e.ids, e.seqs, e.bodies, e.woke INTO accepted, ev_ids, ev_seqs, ev_bodies, woke
+    FROM (SELECT string_agg((h.id IS NOT NULL)::text, ',' ORDER BY r.n) AS accepted
+          FROM runs r LEFT JOIN held h ON h.n = r.n) a,
+         (SELECT array_agg(id) AS ids, array_agg(seq) AS seqs,
+            array_agg('{"jobId":"' || id || '","seq":' || seq || ',"at":' || now_ms
+              || ',"type":"status","status":"' || status || '","attempts":' || attempts
+              || CASE WHEN status = 'queued' THEN '' ELSE ',"result":' || coalesce(result, 'null') END
+              || ',"error":' || coalesce(error, 'null') || '}') AS bodies,
+            min(run_at) FILTER (WHERE status = 'queued') AS woke
+          FROM ended) e;
+    IF woke IS NOT NULL THEN PERFORM pg_notify({{channel}} || ':work', woke::text); END IF;
+  END IF;
+
+  IF p_limit > 0 AND cardinality(p_tasks) > 0 THEN
+    WITH expired AS (
+      UPDATE {{schema}}.job j SET status = 'failed', seq = j.seq + 1, finished_at = now_ms,
+        error = '{"message":"The job was not started before its age limit.","code":"ERR_OFFLOAD_EXPIRED"}'
+      WHERE j.id IN (
+        SELECT id FROM {{schema}}.job
+        WHERE status = 'queued' AND started_at IS NULL AND expire_at <= now_ms AND run_at <= now_ms
+          AND task = ANY (p_tasks)
+        FOR UPDATE SKIP LOCKED
+      )
+      RETURNING j.id, j.seq, j.attempts, j.error
+    ),
+    picked AS (
+      SELECT id FROM {{schema}}.job
+      WHERE status = 'queued' AND run_at <= now_ms AND task = ANY (p_tasks)
+        AND (expire_at IS NULL OR started_at IS NOT NULL OR expire_at > now_ms)
+      ORDER BY run_at, ord
+      LIMIT p_limit
+      FOR UPDATE SKIP LOCKED
+    ),
+    claimed AS (
+      UPDATE {{schema}}.job j SET status = 'running', attempts = j.attempts + 1, started_at = now_ms,
+        token = nextval('{{schema}}.token_seq'), lease_until = now_ms + p_lease_ms, seq = j.seq + 1
+      FROM picked
+      WHERE j.id = picked.id
+      RETURNING j.*
+    )
+    SELECT (SELECT string_agg(row_to_json(c)::text, ',' ORDER BY c.run_at, c.ord)
+            FROM claimed c),
+      (SELECT count(*) FROM claimed), coalesce(ev_ids, '{}') || x.ids, coalesce(ev_seqs, '{}') || x.seqs,
+      coalesce(ev_bodies, '{}') || x.bodies
+    INTO leases, taken, ev_ids, ev_seqs, ev_bodies
+    FROM (SELECT array_agg(id) AS ids, array_agg(seq) AS seqs, array_agg(body) AS bodies FROM (
+            SELECT id, seq, '{"jobId":"' || id || '","seq":' || seq || ',"at":' || now_ms
+              || ',"type":"status","status":"failed","attempts":' || attempts || ',"result":null,"error":' || error
+              || '}' AS body
+            FROM expired
+            UNION ALL
+            SELECT id, seq, '{"jobId":"' || id || '","seq":' || seq || ',"at":' || now_ms
+              || ',"type":"status","status":"running","attempts":' || attempts || '}'
+            FROM claimed) ev) x;
+  END IF;
+  -- One write of the events of both statements (ended runs first: a job's events in seq order).
+  PERFORM {{schema}}.publish(ev_ids, ev_seqs, ev_bodies, p_history);
+  IF taken < p_limit THEN
+    SELECT min(run_at) INTO next_due FROM {{schema}}.job WHERE status = 'queued' AND run_at > now_ms;
+  END IF;
+  RETURN '{"accepted":[' || coalesce(accepted, '') || '],"leases":[' || coalesce(leases, '')
+    || '],"nextDue":' || coalesce(next_due::text, 'null') || '}';
 END $$;
+
+-- Claim: settle() without runs.
+CREATE FUNCTION {{schema}}.claim(p_tasks text[], p_limit integer, p_lease_ms bigint, p_history integer)
+RETURNS text LANGUAGE sql AS $$
+  SELECT {{schema}}.settle('{}', '{}', '{}', '{}', '{}', p_tasks, p_limit, p_lease_ms, p_history)
+$$;
 
 -- Renew a lease held with p_token. Returns NULL when the token is not current, else whether a
 -- cancel was requested.
@@ -332,7 +400,7 @@ BEGIN
     outcome := 'finished';
   END IF;
   SELECT * INTO j FROM {{schema}}.job WHERE id = p_id;
-  RETURN '{"outcome":"' || outcome || '","job":' || {{schema}}.job_json(j, true) || '}';
+  RETURN '{"outcome":"' || outcome || '","job":' || row_to_json(j)::text || '}';
 END $$;
 
 -- Admin retry: a failed or canceled job runs again as new (attempts reset). Returns the record,
@@ -348,7 +416,7 @@ BEGIN
   WHERE id = p_id;
   PERFORM {{schema}}.requeue(j, {{schema}}.now_ms(), NULL, 0, p_history);
   SELECT * INTO j FROM {{schema}}.job WHERE id = p_id;
-  RETURN {{schema}}.job_json(j, true);
+  RETURN row_to_json(j)::text;
 END $$;
 
 -- Recover up to p_batch expired leases: back to the queue (attempt counted), failed when the
