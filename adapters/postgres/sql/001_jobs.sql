@@ -56,7 +56,7 @@ CREATE INDEX job_owner ON {{schema}}.job (owner, created_at DESC, id DESC);
 -- Idempotency keys: one job per (owner, task, key), hashed by the client.
 CREATE UNIQUE INDEX job_idem ON {{schema}}.job (idem) WHERE idem IS NOT NULL;
 
-CREATE TABLE {{schema}}.event (
+CREATE UNLOGGED TABLE {{schema}}.event (
   job_id uuid NOT NULL,
   seq integer NOT NULL,
   body text NOT NULL,
