@@ -391,6 +391,9 @@ export class PostgresBroker implements Broker {
       where.push(`(created_at, id) < ($${values.length - 1}, $${values.length})`);
     }
     values.push(query.limit + 1);
+    // Newest first through job_created or job_owner; one row more than the page says whether
+    // another page follows. The cursor is a row comparison: no job is skipped or repeated when
+    // jobs share a createdAt.
     const { rows } = await this.pool.query(
       `SELECT row_to_json(j)::text AS r FROM ${this.s}.job j
        ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
@@ -405,6 +408,8 @@ export class PostgresBroker implements Broker {
   async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
     if (!isUuid(jobId)) return null;
     await this.init();
+    // The job's seq and its kept events after afterSeq, read in one statement (one snapshot): an
+    // event committed between two reads cannot slip between them.
     const { rows } = await this.pool.query({
       name: this.names.history,
       text: `SELECT j.seq, coalesce((SELECT array_agg(e.body ORDER BY e.seq) FROM ${this.s}.event e
@@ -473,6 +478,7 @@ export class PostgresBroker implements Broker {
 
   async counts(): Promise<Record<JobStatus, number>> {
     await this.init();
+    // A scan of the job table: for health checks, not for every request.
     const { rows } = await this.pool.query<{ status: JobStatus; n: number }>(
       `SELECT status, count(*)::integer AS n FROM ${this.s}.job GROUP BY status`,
     );
