@@ -12,6 +12,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
+import { eventsAfter, idempotencyScope } from '../../lib/broker-support.js';
 import { QueueFullError } from '../../lib/errors.js';
 import {
   isTerminal,
@@ -110,9 +111,7 @@ export class MemoryBroker implements Broker {
   }
 
   async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
-    const idemKey = input.idempotencyKey
-      ? JSON.stringify([input.owner, input.task, input.idempotencyKey])
-      : null;
+    const idemKey = idempotencyScope(input);
     if (idemKey) {
       const existing = this.idempotency.get(idemKey);
       const entry = existing === undefined ? undefined : this.jobs.get(existing);
@@ -322,11 +321,8 @@ export class MemoryBroker implements Broker {
   async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
     const entry = this.jobs.get(jobId);
     if (!entry) return null;
-    const events = entry.events;
-    if (afterSeq >= entry.job.seq) return [];
-    const first = events[0];
-    if (!first || first.seq > afterSeq + 1) return null;
-    return cloneData(events.filter((e) => e.seq > afterSeq));
+    const events = eventsAfter(entry.job.seq, entry.events, afterSeq);
+    return events && cloneData(events);
   }
 
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {

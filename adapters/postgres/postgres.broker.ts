@@ -13,6 +13,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
+import { eventsAfter, hashedIdempotencyScope, newJobRecord } from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
 import {
@@ -151,11 +152,7 @@ export class PostgresBroker implements Broker {
   }
 
   async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
-    const idem = input.idempotencyKey
-      ? createHash('sha256')
-          .update(JSON.stringify([input.owner, input.task, input.idempotencyKey]))
-          .digest('base64url')
-      : null;
+    const idem = hashedIdempotencyScope(input);
     const id = randomUUID();
     const payload = JSON.stringify(input.payload);
     const reply = await this.call<string | null>(
@@ -184,29 +181,10 @@ export class PostgresBroker implements Broker {
       job?: JobRow;
     };
     if (!parsed.created) return { job: toRecord(parsed.job!), created: false };
-    const job: JobRecord = {
-      id,
-      task: input.task,
-      payload: JSON.parse(payload) as Json,
-      status: 'queued',
-      progress: null,
-      result: null,
-      error: null,
-      attempts: 0,
-      maxAttempts: input.maxAttempts,
-      runAt: parsed.runAt,
+    const job = newJobRecord(input, id, JSON.parse(payload) as Json, {
       createdAt: parsed.createdAt,
-      startedAt: null,
-      finishedAt: null,
-      expireAt: input.expireAt ?? null,
-      timeoutMs: input.timeoutMs ?? null,
-      owner: input.owner,
-      idempotencyKey: input.idempotencyKey || null,
-      payloadHash: input.payloadHash || null,
-      cancelRequested: false,
-      seq: 1,
-      logs: [],
-    };
+      runAt: parsed.runAt,
+    });
     // NOTIFY reaches this process's listener too, but one still connecting would miss it.
     if (input.runAt !== undefined && input.runAt > Date.now()) this.wake.arm(input.runAt);
     else this.notifyWork();
@@ -419,12 +397,11 @@ export class PostgresBroker implements Broker {
     });
     const row = rows[0] as { seq: number; events: string[] } | undefined;
     if (!row) return null;
-    if (afterSeq >= row.seq) return [];
-    const events = row.events.map((e) => JSON.parse(e) as JobEvent);
-    const first = events[0];
-    // Capped history: the events right after afterSeq are gone.
-    if (!first || first.seq > afterSeq + 1) return null;
-    return events;
+    return eventsAfter(
+      row.seq,
+      row.events.map((e) => JSON.parse(e) as JobEvent),
+      afterSeq,
+    );
   }
 
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
@@ -15,6 +15,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
+import { eventsAfter, hashedIdempotencyScope, newJobRecord } from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
 import {
@@ -182,11 +183,7 @@ export class RedisBroker implements Broker {
   }
 
   async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
-    const idem = input.idempotencyKey
-      ? createHash('sha256')
-          .update(JSON.stringify([input.owner, input.task, input.idempotencyKey]))
-          .digest('base64url')
-      : '';
+    const idem = hashedIdempotencyScope(input) ?? '';
     // Read before sending: a subscription confirmed by then is sure to see this enqueue's PUBLISH.
     const subscribed = this.workSubscribed;
     const id = randomUUID();
@@ -214,29 +211,10 @@ export class RedisBroker implements Broker {
     if (reply[0] === -1) throw new QueueFullError(input.maxQueued!);
     if (reply[0] === 0) return { job: toRecord(reply[1]), created: false };
     // Created: the record is what was sent, stamped with the server's times (no read back).
-    const job: JobRecord = {
-      id,
-      task: input.task,
-      payload: (JSON.parse(specJson) as Spec).payload,
-      status: 'queued',
-      progress: null,
-      result: null,
-      error: null,
-      attempts: 0,
-      maxAttempts: input.maxAttempts,
-      runAt: Number(reply[2]),
+    const job = newJobRecord(input, id, (JSON.parse(specJson) as Spec).payload, {
       createdAt: Number(reply[1]),
-      startedAt: null,
-      finishedAt: null,
-      expireAt: input.expireAt ?? null,
-      timeoutMs: input.timeoutMs ?? null,
-      owner: input.owner,
-      idempotencyKey: input.idempotencyKey || null,
-      payloadHash: input.payloadHash || null,
-      cancelRequested: false,
-      seq: 1,
-      logs: [],
-    };
+      runAt: Number(reply[2]),
+    });
     // Published as well; until this process's subscriber is up, its own workers are told here.
     if (input.runAt !== undefined && input.runAt > Date.now()) this.wake.arm(input.runAt);
     else if (!subscribed) this.notifyWork();
@@ -352,12 +330,8 @@ export class RedisBroker implements Broker {
   async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
     const reply = await this.run('history', jobId);
     if (!reply) return null;
-    const seq = Number(reply[0]);
-    if (afterSeq >= seq) return [];
     const events = (reply[1] as string[]).map((e) => JSON.parse(e) as JobEvent);
-    const first = events[0];
-    if (!first || first.seq > afterSeq + 1) return null;
-    return events.filter((e) => e.seq > afterSeq);
+    return eventsAfter(Number(reply[0]), events, afterSeq);
   }
 
   async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {

@@ -13,6 +13,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
+import { eventsAfter, idempotencyScope, newJobRecord } from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
 import {
@@ -260,9 +261,7 @@ export class SqliteBroker implements Broker {
   }
 
   async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
-    const scope = input.idempotencyKey
-      ? JSON.stringify([input.owner, input.task, input.idempotencyKey])
-      : null;
+    const scope = idempotencyScope(input);
     const payload = JSON.stringify(input.payload ?? null);
     return this.write(() => {
       if (scope !== null) {
@@ -276,29 +275,7 @@ export class SqliteBroker implements Broker {
       const now = Date.now();
       const runAt = input.runAt ?? now;
       const ord = this.emit(id, 1, KIND_EVENT, runAt, '"type":"status","status":"queued","attempts":0', now);
-      const job: JobRecord = {
-        id,
-        task: input.task,
-        payload: JSON.parse(payload) as Json,
-        status: 'queued',
-        progress: null,
-        result: null,
-        error: null,
-        attempts: 0,
-        maxAttempts: input.maxAttempts,
-        runAt,
-        createdAt: now,
-        startedAt: null,
-        finishedAt: null,
-        expireAt: input.expireAt ?? null,
-        timeoutMs: input.timeoutMs ?? null,
-        owner: input.owner,
-        idempotencyKey: input.idempotencyKey || null,
-        payloadHash: input.payloadHash || null,
-        cancelRequested: false,
-        seq: 1,
-        logs: [],
-      };
+      const job = newJobRecord(input, id, JSON.parse(payload) as Json, { createdAt: now, runAt });
       this.s.insert.run(
         id,
         job.task,
@@ -493,9 +470,11 @@ export class SqliteBroker implements Broker {
       if (seq === undefined) return null;
       if (afterSeq >= seq) return [];
       const rows = this.s.history.all(jobId, afterSeq) as { seq: number; body: string }[];
-      // Seqs have no gaps, so the first row kept tells whether the history still reaches back.
-      if (rows[0]?.seq !== afterSeq + 1) return null;
-      return rows.map((r) => JSON.parse(r.body) as JobEvent);
+      return eventsAfter(
+        seq,
+        rows.map((r) => JSON.parse(r.body) as JobEvent),
+        afterSeq,
+      );
     }) as JobEvent[] | null;
   }
 
