@@ -46,13 +46,16 @@ CREATE SEQUENCE {{schema}}.token_seq;
 CREATE INDEX job_ready ON {{schema}}.job (run_at, ord) WHERE status = 'queued';
 -- Recovery: running jobs by lease end.
 CREATE INDEX job_running ON {{schema}}.job (lease_until) WHERE status = 'running';
--- Age limits: queued jobs that may expire before they start.
-CREATE INDEX job_expiring ON {{schema}}.job (expire_at) WHERE status = 'queued' AND started_at IS NULL;
+-- Age limits: queued jobs with one, that may expire before they start.
+CREATE INDEX job_expiring ON {{schema}}.job (expire_at)
+  WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL;
 -- Purge: finished jobs by end time.
 CREATE INDEX job_finished ON {{schema}}.job (finished_at) WHERE finished_at IS NOT NULL;
--- Listing, newest first, all or one owner's.
+-- Listing, newest first, all or one owner's. Jobs without owner are listed through job_created:
+-- left out of job_owner, they cost no entry there at each of their updates (no update of a job is
+-- HOT: its status is in the predicates of the partial indexes).
 CREATE INDEX job_created ON {{schema}}.job (created_at DESC, id DESC);
-CREATE INDEX job_owner ON {{schema}}.job (owner, created_at DESC, id DESC);
+CREATE INDEX job_owner ON {{schema}}.job (owner, created_at DESC, id DESC) WHERE owner IS NOT NULL;
 -- Idempotency keys: one job per (owner, task, key), hashed by the client.
 CREATE UNIQUE INDEX job_idem ON {{schema}}.job (idem) WHERE idem IS NOT NULL;
 
