@@ -10,68 +10,43 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RedisBroker } from '../../adapters/redis/redis.broker.js';
-import { isTerminal, type JobEvent, type JobRecord, type JobStatus } from '../../lib/job.js';
+import type { JobEvent, JobRecord } from '../../lib/job.js';
 import type { Logger } from '../../lib/logger.js';
 import { createServer, type TestServer } from '../helpers/create-server.js';
+import { OutageLoad } from '../helpers/outage-load.js';
 import { type RedisServer, startRedisServer } from '../helpers/redis-server.js';
 
-/** brokerTimeout is 2 s; the core's sweep may add up to 250 ms, loopback HTTP a little more. */
-const MAX_503_MS = 2500;
-const LOOPERS = 6;
-/** Pause between one looper's rounds (a submit, then a status read): ~150 requests/s while up. */
-const PAUSE_MS = 30;
-const UP_MS = 1500;
-/** Accepted jobs wanted before the kill; the up phase waits up to 3 × UP_MS for them. */
-const MIN_ACCEPTED = 100;
-const DOWN_MS = 4000;
 const JOB_MS = 20;
-/** A request still unanswered after this is recorded as a hang (status 0). */
-const HANG_MS = 10_000;
 /**
  * The worker's backstop poll, long on purpose: a job submitted after the restart that starts well
  * within it was woken by the pub/sub hint, which proves the subscriber came back.
  */
 const POLL_MS = 5000;
 
-interface Sample {
-  kind: 'submit' | 'status';
-  startedAt: number;
-  ms: number;
-  status: number;
-  contentType: string;
-  retryAfter: string | null;
-  body: string;
-  /** The submit's payload number. */
-  i?: number;
-  /** The accepted job's id (submit 202) or the job asked for (status). */
-  id?: string;
-}
-
 describe('RedisBroker when Redis dies under load (own redis-server, AOF on)', () => {
   let redis: RedisServer;
   let broker: RedisBroker;
   let server: TestServer;
   const prefix = `offload-outage-${randomUUID().slice(0, 8)}`;
-  /** Start times of each job id's runs in this process's worker. */
-  const runs = new Map<string, number[]>();
-  const accepted = new Set<string>();
-  const samples: Sample[] = [];
-  const logged: string[] = [];
+  const offlineQueue = (): number =>
+    (broker.client as unknown as { offlineQueue?: { length: number } }).offlineQueue?.length ?? 0;
+  let offlineQueuePeak = 0;
+  const load = new OutageLoad(
+    { outage: 'the kill', began: 'the kill', inFlight: 'at the kill', down: 'Redis is down' },
+    () => {
+      offlineQueuePeak = Math.max(offlineQueuePeak, offlineQueue());
+    },
+  );
+  const { samples, accepted, logged } = load;
   /** Every job event the broker's one subscriber connection delivered. */
   const events: JobEvent[] = [];
-  let killedAt = 0;
   /** When the broker's connection noticed the kill: a command sent later cannot reach the dead socket. */
   let closeSeenAt = 0;
-  let restartedAt = 0;
-  let offlineQueuePeak = 0;
   let ioredisUnhandled = 0;
   const consoleError = console.error;
-  /** Event-loop stalls inflate every latency measured here: reported with them. */
-  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
 
   const logger: Logger = {
     // A run whose final write was refused: its job was handed to another run meanwhile.
@@ -89,7 +64,7 @@ describe('RedisBroker when Redis dies under load (own redis-server, AOF on)', ()
       if (String(args[0]).startsWith('[ioredis] Unhandled error event')) ioredisUnhandled++;
       else consoleError(...args);
     };
-    loopDelay.enable();
+    load.loopDelay.enable();
     redis = await startRedisServer({ appendonly: true, appendfsync: 'always' });
     broker = new RedisBroker({ connection: redis.url, prefix });
     await broker.subscribe((event) => events.push(event));
@@ -103,13 +78,14 @@ describe('RedisBroker when Redis dies under load (own redis-server, AOF on)', ()
         app.post(
           '/work',
           jobs.background<{ i: number }>('work', async ({ i }, job) => {
-            runs.set(job.id, [...(runs.get(job.id) ?? []), Date.now()]);
+            load.ran(job.id);
             await sleep(JOB_MS);
             return { i };
           }),
         );
       },
     );
+    load.baseUrl = server.baseUrl;
   });
 
   after(async () => {
@@ -121,211 +97,49 @@ describe('RedisBroker when Redis dies under load (own redis-server, AOF on)', ()
     await redis?.stop();
   });
 
-  /** A request that hangs is recorded as status 0 after `HANG_MS` instead of holding the test. */
-  async function timed(
-    kind: Sample['kind'],
-    request: (signal: AbortSignal) => Promise<Response>,
-  ): Promise<Sample> {
-    const startedAt = Date.now();
-    try {
-      const res = await request(AbortSignal.timeout(HANG_MS));
-      const body = await res.text();
-      return {
-        kind,
-        startedAt,
-        ms: Date.now() - startedAt,
-        status: res.status,
-        contentType: res.headers.get('content-type') ?? '',
-        retryAfter: res.headers.get('retry-after'),
-        body,
-      };
-    } catch (err) {
-      const ms = Date.now() - startedAt;
-      return { kind, startedAt, ms, status: 0, contentType: '', retryAfter: null, body: String(err) };
-    }
-  }
-
-  async function submit(i: number): Promise<Sample> {
-    const sample: Sample = await timed('submit', (signal) =>
-      fetch(`${server.baseUrl}/work`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ i }),
-        signal,
-      }),
-    );
-    sample.i = i;
-    if (sample.status === 202) {
-      sample.id = (JSON.parse(sample.body) as { id: string }).id;
-      accepted.add(sample.id);
-    }
-    samples.push(sample);
-    return sample;
-  }
-
-  async function status(id: string): Promise<Sample> {
-    const sample: Sample = await timed('status', (signal) =>
-      fetch(`${server.baseUrl}/jobs/${id}`, { signal }),
-    );
-    sample.id = id;
-    samples.push(sample);
-    return sample;
-  }
-
-  const offlineQueue = (): number =>
-    (broker.client as unknown as { offlineQueue?: { length: number } }).offlineQueue?.length ?? 0;
-
-  /** `LOOPERS` clients each submitting, then reading a random accepted job's status, while `going()`. */
-  async function load(going: () => boolean): Promise<void> {
-    let n = 0;
-    await Promise.all(
-      Array.from({ length: LOOPERS }, async () => {
-        while (going()) {
-          await submit(n++);
-          const ids = [...accepted];
-          if (ids.length && going()) await status(ids[Math.floor(Math.random() * ids.length)]!);
-          offlineQueuePeak = Math.max(offlineQueuePeak, offlineQueue());
-          await sleep(PAUSE_MS);
-        }
-      }),
-    );
-  }
-
-  const describeSample = (s: Sample) =>
-    `${s.kind} started ${s.startedAt - killedAt} ms after the kill: ${s.status} in ${s.ms} ms, ` +
-    `${s.contentType || 'no content type'}, Retry-After ${s.retryAfter}: ${s.body.slice(0, 200)}`;
-
-  /** Submits started after the kill (Redis surely down): they cannot have been accepted. */
-  const afterKill = () => samples.filter((s) => s.startedAt >= killedAt);
-  const inFlightAtKill = () =>
-    samples.filter((s) => s.startedAt < killedAt && s.startedAt + s.ms >= killedAt);
-
   it('kills -9 redis-server under load; before the kill submits answer 202 and statuses 200', async () => {
-    const started = Date.now();
-    let stopAt = Number.POSITIVE_INFINITY;
-    const loadDone = load(() => Date.now() < stopAt);
-    // Enough accepted jobs to lose, however slow the machine is, within a bound.
-    while (
-      Date.now() - started < UP_MS ||
-      (accepted.size < MIN_ACCEPTED && Date.now() - started < 3 * UP_MS)
-    ) {
-      await sleep(20);
-    }
-    broker.client.once('close', () => {
-      closeSeenAt = Date.now();
+    await load.loadThrough(async () => {
+      broker.client.once('close', () => {
+        closeSeenAt = Date.now();
+      });
+      await redis.kill();
+      // The burst that follows comes once the broker knows Redis is down: the offline queue must
+      // not turn it into hangs.
+      const closeSeen = Date.now() + 2000;
+      while (!closeSeenAt && Date.now() < closeSeen) await sleep(5);
     });
-    killedAt = Date.now();
-    stopAt = killedAt + DOWN_MS;
-    await redis.kill();
-    const closeSeen = Date.now() + 2000;
-    while (!closeSeenAt && Date.now() < closeSeen) await sleep(5);
-    // A burst while Redis is down, and the broker knows it: the offline queue must not turn it into hangs.
-    const burst = Promise.all([
-      ...Array.from({ length: 20 }, (_, i) => submit(100_000 + i)),
-      ...[...accepted].slice(0, 20).map((id) => status(id)),
-    ]);
-    await Promise.all([loadDone, burst]);
-    const before = samples.filter((s) => s.startedAt + s.ms < killedAt);
-    assert.ok(accepted.size >= MIN_ACCEPTED / 2, `load ran before the kill (${accepted.size} accepted)`);
-    for (const s of before) {
-      assert.equal(s.status, s.kind === 'submit' ? 202 : 200, `before the kill: ${describeSample(s)}`);
-    }
   });
 
   it('answers every submit and status read within 2.5 s while Redis is down: 503 problem+json with Retry-After', () => {
-    const during = afterKill();
-    const submits = during.filter((s) => s.kind === 'submit');
-    const reads = during.filter((s) => s.kind === 'status');
-    assert.ok(
-      submits.length >= 20 && reads.length >= 10,
-      `requests during the outage (${submits.length}, ${reads.length})`,
-    );
-    for (const s of during) {
-      assert.ok(s.ms <= MAX_503_MS, `answered within ${MAX_503_MS} ms: ${describeSample(s)}`);
-      assert.equal(s.status, 503, `503 while Redis is down: ${describeSample(s)}`);
-      assert.match(s.contentType, /^application\/problem\+json/, describeSample(s));
-      assert.match(s.retryAfter ?? '', /^\d+$/, `Retry-After: ${describeSample(s)}`);
-      assert.equal((JSON.parse(s.body) as { status: number }).status, 503);
-    }
-    // Requests in flight at the kill: either answer is right, but never a slow one.
-    for (const s of inFlightAtKill()) {
-      assert.ok(s.ms <= MAX_503_MS, `in flight at the kill, answered in time: ${describeSample(s)}`);
-      assert.ok([200, 202, 503].includes(s.status), describeSample(s));
-    }
+    load.assertFast503s(Number.POSITIVE_INFINITY);
   });
 
-  /** Every job in the store after the restart (read once the broker answers again). */
-  let stored: JobRecord[] = [];
-
   it('loses no job that got a 202 once redis-server restarts on the same port and AOF', async () => {
-    restartedAt = Date.now();
+    const restartedAt = Date.now();
     await redis.restart();
-    const pending = new Set(accepted);
-    const states = new Map<string, JobStatus | 'missing'>();
-    const deadline = Date.now() + 25_000;
-    while (pending.size > 0 && Date.now() < deadline) {
-      for (const id of [...pending]) {
-        let job: JobRecord | null;
-        try {
-          job = await broker.get(id);
-        } catch {
-          break; // still reconnecting
-        }
-        states.set(id, job ? job.status : 'missing');
-        if (job && isTerminal(job.status)) pending.delete(id);
-      }
-      if (pending.size) await sleep(100);
-    }
-    const recoveredMs = Date.now() - restartedAt;
-    const missing = [...accepted].filter((id) => states.get(id) === 'missing');
-    const stuck = [...pending].filter((id) => states.get(id) !== 'missing');
-    const failed = [...accepted].filter((id) => states.get(id) === 'failed');
-    const twice = [...runs.entries()].filter(([, starts]) => starts.length > 1);
-    stored = [];
-    for (let cursor: string | null = null; ; ) {
-      const page = await broker.list({ limit: 500, cursor });
-      stored.push(...page.jobs);
-      if (!page.nextCursor) break;
-      cursor = page.nextCursor;
-    }
-    const count = (kind: string, code: number) =>
-      samples.filter((s) => s.kind === kind && s.status === code).length;
-    const slowest = Math.max(...samples.filter((s) => s.status === 503).map((s) => s.ms));
-    const summary =
-      `outage: ${count('submit', 202)} submits got 202, ${count('submit', 503)} got 503 ` +
-      `(slowest 503 in ${slowest} ms); ${count('status', 200)} status reads got 200, ` +
-      `${count('status', 503)} got 503; ${twice.length} jobs ran twice ` +
-      `(run starts from the kill, ms: ${JSON.stringify(twice.map(([, t]) => t.map((x) => x - killedAt)))}); ` +
-      `${stored.filter((j) => !accepted.has(j.id)).length} jobs exist whose submit got 503; ` +
-      `${missing.length} lost, ${stuck.length} not finished, ${failed.length} failed; ` +
-      `connection closed ${closeSeenAt - killedAt} ms after the kill; ` +
-      `all finished ${recoveredMs} ms after the restart; ioredis offline queue peak ${offlineQueuePeak}; ` +
-      `${ioredisUnhandled} "[ioredis] Unhandled error event" lines on stderr; ` +
-      `offload log: ${JSON.stringify(countBy(logged))}; event-loop delay max ` +
-      `${Math.round(loopDelay.max / 1e6)} ms; slowest: ${JSON.stringify(
-        [...samples]
-          .sort((a, b) => b.ms - a.ms)
-          .slice(0, 8)
-          .map((s) => [s.kind, s.status, s.startedAt - killedAt, s.ms]),
-      )}`;
-    console.log(summary);
-    assert.deepEqual(missing, [], `jobs that got a 202 and are gone after the restart. ${summary}`);
-    assert.deepEqual(stuck, [], `jobs that got a 202 and never finished within 25 s. ${summary}`);
-    assert.deepEqual(failed, [], `jobs that failed. ${summary}`);
+    await load.assertNoneLost(broker, {
+      label: 'outage',
+      since: restartedAt,
+      after: 'the restart',
+      details: (finishedMs) =>
+        `connection closed ${closeSeenAt - load.outageAt} ms after the kill; ` +
+        `all finished ${finishedMs} ms after the restart; ioredis offline queue peak ${offlineQueuePeak}; ` +
+        `${ioredisUnhandled} "[ioredis] Unhandled error event" lines on stderr`,
+    });
   });
 
   it('resumes: the status route answers 200 again and a new submit is woken and run well within the poll', async () => {
     const id = [...accepted][0]!;
-    const read = await status(id);
+    const read = await load.status(id);
     assert.equal(read.status, 200, `status after the restart: ${read.body}`);
     assert.equal((JSON.parse(read.body) as JobRecord).status, 'succeeded');
     // Let the worker go idle on its (long) poll, so only a pub/sub hint can start the next job.
     await sleep(300);
-    const fresh = await submit(200_000);
+    const fresh = await load.submit(200_000);
     assert.equal(fresh.status, 202, `submit after the restart: ${fresh.body}`);
     const started = Date.now();
     for (;;) {
-      const s = await status(fresh.id!);
+      const s = await load.status(fresh.id!);
       if (s.status === 200 && (JSON.parse(s.body) as JobRecord).status === 'succeeded') break;
       assert.ok(
         Date.now() - started < 1500,
@@ -357,7 +171,7 @@ describe('RedisBroker when Redis dies under load (own redis-server, AOF on)', ()
         .map((s) => s.i),
     );
     assert.ok(refused.size >= 20, `submits refused while Redis was down (${refused.size})`);
-    const phantoms = stored.filter((j) => refused.has((j.payload as { i: number }).i));
+    const phantoms = load.stored.filter((j) => refused.has((j.payload as { i: number }).i));
     assert.equal(
       phantoms.length,
       0,
@@ -523,10 +337,4 @@ async function eventuallyValue<T>(check: () => Promise<T | null>, what: string):
     if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}.`);
     await sleep(10);
   }
-}
-
-function countBy(values: string[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const v of values) out[v] = (out[v] ?? 0) + 1;
-  return out;
 }

@@ -1,461 +1,56 @@
-import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+// RedisBroker across processes: web-only processes serve SSE for jobs a worker process runs, and
+// worker processes SIGKILLed repeatedly lose no job (test/helpers/process-scenarios.ts). The
+// fixtures are test/fixtures/redis-{web,worker}.fixture.ts; the test's own keys (gates, run counts)
+// live under `<prefix>:t:`, next to the broker's, all deleted after each describe block.
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { EventSource, type FetchLike } from 'eventsource';
+import { after } from 'node:test';
 import { Redis } from 'ioredis';
 import { RedisBroker } from '../../adapters/redis/redis.broker.js';
-import type { JobRecord } from '../../lib/job.js';
-import { silentLogger } from '../../lib/logger.js';
-import { Offload } from '../../lib/offload.js';
-import { openSse, postJson, type SseEvent } from '../helpers/create-server.js';
-import { eventually, sleep } from '../helpers/eventually.js';
+import { FixtureProcess, killAllFixtures } from '../fixtures/fixture-process.js';
+import { describeCrossProcessSse, describeWorkerCrashes } from '../helpers/process-scenarios.js';
 import { deletePrefix as deleteKeys } from '../helpers/redis-server.js';
 
 /** The machine's Redis; each describe block gets its own prefix, deleted after it. */
 const REDIS_URL = process.env.OFFLOAD_TEST_REDIS ?? 'redis://127.0.0.1:6379';
-const FIXTURES = join(__dirname, '../fixtures');
-const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
 
 const admin = new Redis(REDIS_URL);
 after(() => admin.quit());
+after(killAllFixtures);
 
 const deletePrefix = (prefix: string) => deleteKeys(admin, prefix);
 
-/** Every child this file starts, so `after` can kill whatever is left, also when a test failed. */
-const children = new Set<Child>();
-
-after(async () => {
-  await Promise.all([...children].map((c) => c.kill('SIGKILL')));
-});
-
-/**
- * A fixture (test/fixtures/*.fixture.ts) in its own Node process. Its stdout is kept as lines,
- * its stderr as text for failure messages. The IPC channel makes the child exit if this
- * process dies without running `after`.
- */
-class Child {
-  readonly proc: ChildProcess;
-  readonly lines: string[] = [];
-  stderr = '';
-  /** How many times the child logged each offload warning (`[worker pid] offload: ...`). */
-  readonly warnings = new Map<string, number>();
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private partial = '';
-
-  constructor(
-    readonly name: string,
-    fixture: string,
-    env: Record<string, string>,
-  ) {
-    this.proc = spawn(process.execPath, [join(FIXTURES, fixture)], {
-      env: { ...process.env, REDIS_URL, ...env },
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-    });
-    this.proc.stdout!.setEncoding('utf8').on('data', (text: string) => {
-      const parts = (this.partial + text).split('\n');
-      this.partial = parts.pop()!;
-      this.lines.push(...parts);
-    });
-    this.proc.stderr!.setEncoding('utf8').on('data', (text: string) => {
-      // The tail is what explains a failure; a long crash run must not grow this without bound.
-      this.stderr = (this.stderr + text).slice(-20_000);
-      for (const match of text.matchAll(/^\[\w+ \d+\] (offload: [^{\n]*?)\s*(?:\{|$)/gm)) {
-        this.warnings.set(match[1]!, (this.warnings.get(match[1]!) ?? 0) + 1);
-      }
-    });
-    this.exited = new Promise((resolve) => {
-      this.proc.on('exit', (code, signal) => {
-        children.delete(this);
-        resolve({ code, signal });
-      });
-    });
-    children.add(this);
-  }
-
-  get pid(): number {
-    return this.proc.pid!;
-  }
-
-  get alive(): boolean {
-    return this.proc.exitCode === null && this.proc.signalCode === null;
-  }
-
-  /** The first stdout line matching `pattern`; fails if the child exits first or it takes too long. */
-  async line(pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      for (const line of this.lines) {
-        const match = line.match(pattern);
-        if (match) return match;
-      }
-      if (!this.alive || Date.now() > deadline) {
-        throw new Error(
-          `${this.name} (pid ${this.pid}) printed no line matching ${pattern} ` +
-            `(${this.alive ? 'timed out' : `exited ${this.proc.exitCode ?? this.proc.signalCode}`}); ` +
-            `stdout:\n${this.lines.join('\n')}\nstderr:\n${this.stderr}`,
-        );
-      }
-      await sleep(10);
-    }
-  }
-
-  /** Send `signal` (if still running) and wait for the exit. */
-  async kill(signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    if (this.alive) this.proc.kill(signal);
-    return this.exited;
-  }
-
-  /** SIGTERM, then the exit status; SIGKILL if the graceful close takes longer than `timeoutMs`. */
-  async terminate(timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    if (this.alive) this.proc.kill('SIGTERM');
-    const timer = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
-    try {
-      return await this.exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
+function startWeb(prefix: string, name: string): FixtureProcess {
+  return new FixtureProcess(name, 'redis-web.fixture.js', { REDIS_URL, PREFIX: prefix, SSE_RETRY: '100' });
 }
 
-function startWeb(prefix: string, name: string): Child {
-  return new Child(name, 'redis-web.fixture.js', { PREFIX: prefix, SSE_RETRY: '100' });
+function startWorker(prefix: string, name: string, env: Record<string, string>): FixtureProcess {
+  return new FixtureProcess(name, 'redis-worker.fixture.js', { REDIS_URL, PREFIX: prefix, ...env });
 }
 
-function startWorker(prefix: string, name: string, env: Record<string, string>): Child {
-  return new Child(name, 'redis-worker.fixture.js', { PREFIX: prefix, ...env });
-}
-
-/** Event ids as numbers; every event of these streams carries one. */
-function ids(events: SseEvent[]): number[] {
-  return events.map((e) => {
-    assert.match(e.id ?? '', /^\d+$/, `event ${e.event} has a numeric id`);
-    return Number(e.id);
-  });
-}
-
-/**
- * What a client saw of one `steps` job, over one or more connections: one snapshot first, ids
- * rising by exactly one (nothing repeated, nothing missing), each step's progress once and in
- * order, and one terminal `succeeded` last, with the result the worker process returned.
- */
-function assertWholeStory(events: SseEvent[], steps: number, workerPid: number): void {
-  const seen = ids(events);
-  for (let i = 1; i < seen.length; i++) {
-    assert.equal(seen[i], seen[i - 1]! + 1, `ids rise by one: ${seen.join(',')}`);
-  }
-  assert.equal(events[0]?.event, 'snapshot', 'the first event is the snapshot');
-  assert.equal(events.filter((e) => e.event === 'snapshot').length, 1, 'one snapshot in all');
-  for (const e of events) {
-    assert.ok(['snapshot', 'status', 'progress', 'succeeded'].includes(e.event), `unexpected ${e.event}`);
-  }
-  assert.deepEqual(
-    events.filter((e) => e.event === 'progress').map((e) => JSON.parse(e.data).message),
-    Array.from({ length: steps }, (_, i) => `step ${i + 1}`),
-  );
-  assert.equal(events.filter((e) => TERMINAL.has(e.event)).length, 1, 'one terminal event');
-  const last = events.at(-1)!;
-  assert.equal(last.event, 'succeeded');
-  assert.deepEqual(JSON.parse(last.data).result, { steps, pid: workerPid });
-}
-
-describe('Redis: a web-only process serves SSE for a job a worker process runs', () => {
+describeCrossProcessSse('Redis', () => {
   const prefix = `offload-proc-${randomUUID().slice(0, 8)}`;
-  const STEPS = 6;
-  let webA: Child;
-  let webB: Child;
-  let worker: Child;
-  let baseA: string;
-  let baseB: string;
-  const sources: EventSource[] = [];
-
-  before(async () => {
-    webA = startWeb(prefix, 'web A');
-    webB = startWeb(prefix, 'web B');
-    worker = startWorker(prefix, 'worker', { TASK: 'steps', CONCURRENCY: '2' });
-    const [portA, portB] = await Promise.all([
-      webA.line(/^\{"port":(\d+)\}$/),
-      webB.line(/^\{"port":(\d+)\}$/),
-      worker.line(/^ready$/),
-    ]);
-    baseA = `http://127.0.0.1:${portA[1]}`;
-    baseB = `http://127.0.0.1:${portB[1]}`;
-  });
-
-  after(async () => {
-    for (const s of sources) s.close();
-    await Promise.all([webA, webB, worker].map((c) => c?.kill('SIGKILL')));
-    await deletePrefix(prefix);
-  });
-
-  async function submit(base: string): Promise<string> {
-    const res = await postJson(`${base}/steps`, { n: STEPS });
-    const body = await res.text();
-    assert.equal(res.status, 202, body);
-    return JSON.parse(body).id;
-  }
-
-  /** Let the worker process run the job's steps up to `step` (the task polls this key). */
-  async function releaseUpTo(id: string, step: number): Promise<void> {
-    await admin.set(`${prefix}:t:gate:${id}`, step);
-  }
-
-  /**
-   * Release steps `from`..`to` one at a time, each once the previous one's progress event has
-   * arrived: progress writes are coalesced (the last value wins), and steps released all at once
-   * could reach the broker as one write.
-   */
-  async function stepThrough(id: string, from: number, to: number, seen: () => SseEvent[]): Promise<void> {
-    for (let step = from; step <= to; step++) {
-      await releaseUpTo(id, step);
-      await eventually(
-        () => seen().some((e) => e.event === 'progress' && JSON.parse(e.data).message === `step ${step}`),
-        `the progress event of step ${step}`,
-        { timeoutMs: 5000 },
-      );
-    }
-  }
-
-  async function statusOn(base: string, id: string): Promise<any> {
-    const res = await fetch(`${base}/jobs/${id}`);
-    assert.equal(res.status, 200);
-    return res.json();
-  }
-
-  it('follows the job to its end: snapshot, progress, terminal event, then the stream ends', async () => {
-    const id = await submit(baseA);
-    const stream = await openSse(`${baseA}/jobs/${id}/events`);
-    assert.equal(stream.status, 200);
-    await stream.until((s) => s.events.length >= 1, 'the snapshot', 5000);
-    await stepThrough(id, 1, STEPS, () => stream.events);
-    await stream.untilEnded(10_000);
-    assertWholeStory(stream.events, STEPS, worker.pid);
-
-    const job = await statusOn(baseA, id);
-    assert.equal(job.status, 'succeeded');
-    assert.deepEqual(job.result, { steps: STEPS, pid: worker.pid });
-  });
-
-  it('resumes with Last-Event-ID on another web process: nothing repeated, nothing missing', async () => {
-    const id = await submit(baseA);
-    const first = await openSse(`${baseA}/jobs/${id}/events`);
-    await first.until((s) => s.events.length >= 1, 'the snapshot', 5000);
-    await stepThrough(id, 1, 2, () => first.events);
-    first.close();
-    const held = ids(first.events).at(-1)!;
-
-    // Work goes on while the client is away.
-    for (const step of [3, 4]) {
-      await releaseUpTo(id, step);
-      await eventually(
-        async () => (await statusOn(baseB, id)).progress?.message === `step ${step}`,
-        `step ${step}`,
-        { timeoutMs: 5000 },
-      );
-    }
-
-    const second = await openSse(`${baseB}/jobs/${id}/events`, { 'last-event-id': String(held) });
-    assert.equal(second.status, 200);
-    await second.until((s) => s.events.length >= 2, 'the two missed steps', 5000);
-    assert.equal(second.events[0]!.event, 'progress', 'a resume starts with what was missed, no snapshot');
-    assert.equal(Number(second.events[0]!.id), held + 1);
-    assert.equal(JSON.parse(second.events[0]!.data).message, 'step 3');
-
-    await stepThrough(id, 5, STEPS, () => second.events);
-    await second.untilEnded(10_000);
-    assertWholeStory([...first.events, ...second.events], STEPS, worker.pid);
-  });
-
-  it('a real EventSource follows the job to its end, then stops (204 on its reconnect)', async () => {
-    const id = await submit(baseB);
-    const received: SseEvent[] = [];
-    const connections: { lastEventId: string | null; status: number }[] = [];
-    const recording: FetchLike = async (input, init) => {
-      const res = await fetch(input, init);
-      connections.push({ lastEventId: init.headers['Last-Event-ID'] ?? null, status: res.status });
-      return res;
-    };
-    const source = new EventSource(`${baseB}/jobs/${id}/events`, { fetch: recording });
-    sources.push(source);
-    for (const type of ['snapshot', 'status', 'progress', 'succeeded', 'failed', 'canceled']) {
-      source.addEventListener(type, (event: MessageEvent) => {
-        received.push({ id: event.lastEventId, event: type, data: event.data });
-      });
-    }
-    await eventually(() => received.length >= 1, 'the snapshot', { timeoutMs: 5000 });
-    await stepThrough(id, 1, STEPS, () => received);
-    await eventually(() => source.readyState === source.CLOSED, 'the client to stop', { timeoutMs: 10_000 });
-    assertWholeStory(received, STEPS, worker.pid);
-    assert.deepEqual(
-      connections.map((c) => c.status),
-      [200, 204],
-    );
-    assert.equal(connections[1]!.lastEventId, received.at(-1)!.id);
-  });
-
-  it('every process exits cleanly (code 0) on SIGTERM', async () => {
-    const exits = await Promise.all([webA, webB, worker].map((c) => c.terminate()));
-    for (const [i, c] of [webA, webB, worker].entries()) {
-      assert.deepEqual(exits[i], { code: 0, signal: null }, `${c.name}: ${c.stderr}`);
-    }
-  });
+  return {
+    startWeb: (name) => startWeb(prefix, name),
+    startWorker: (name, env) => startWorker(prefix, name, env),
+    // The task polls this key.
+    releaseUpTo: async (id, step) => {
+      await admin.set(`${prefix}:t:gate:${id}`, step);
+    },
+    endMs: 10_000,
+    after: () => deletePrefix(prefix),
+  };
 });
 
-describe('Redis: worker processes SIGKILLed repeatedly while 2,000 jobs run', () => {
+describeWorkerCrashes('Redis', 'redis', () => {
   const prefix = `offload-crash-${randomUUID().slice(0, 8)}`;
-  const JOBS = 2000;
-  const WORKERS = 3;
-  /** Every job's run count, in Redis: the fixture's task HINCRBYs it first thing. */
-  const runsKey = `${prefix}:t:runs`;
-  const workerEnv = { TASK: 'crash', CONCURRENCY: '4', LEASE_MS: '1500', JOB_MS: '15' };
-  const broker = new RedisBroker({ connection: REDIS_URL, prefix });
-  // The producer: this process enqueues, runs nothing.
-  const core = new Offload({ broker, worker: false, logger: silentLogger });
-  core.task(
-    'crash',
-    () => {
-      throw new Error('the test process must not run jobs');
+  return {
+    broker: new RedisBroker({ connection: REDIS_URL, prefix }),
+    startWorker: (name, env) => startWorker(prefix, name, env),
+    // The fixture's task HINCRBYs its job's field first thing.
+    runs: async () => {
+      const runs = await admin.hgetall(`${prefix}:t:runs`);
+      return new Map(Object.entries(runs).map(([id, n]) => [id, Number(n)]));
     },
-    // A killed run counts as an attempt; enough of them that a job killed repeatedly still runs.
-    { attempts: 10 },
-  );
-  const workers: Child[] = [];
-
-  after(async () => {
-    await Promise.all(workers.map((w) => w.kill('SIGKILL')));
-    await core.close();
-    await broker.close();
-    await deletePrefix(prefix);
-  });
-
-  it('every job succeeds, none is lost; prints how many ran twice', { timeout: 90_000 }, async () => {
-    const started = Date.now();
-    const deadline = started + 75_000;
-    let spawned = 0;
-    const ready = new Set<Child>();
-    const spawnWorker = () => {
-      const w = startWorker(prefix, `worker #${++spawned}`, workerEnv);
-      workers.push(w);
-      w.line(/^ready$/, 30_000).then(
-        () => ready.add(w),
-        () => {},
-      );
-      return w;
-    };
-    const first = Array.from({ length: WORKERS }, spawnWorker);
-    await Promise.all(first.map((w) => w.line(/^ready$/)));
-
-    // Jobs are submitted while the workers already run (and get killed).
-    const ids: string[] = [];
-    let enqueueMs = 0;
-    const enqueued = (async () => {
-      for (let i = 0; i < JOBS; i += 100) {
-        const batch = await Promise.all(
-          Array.from({ length: Math.min(100, JOBS - i) }, (_, j) => core.enqueue('crash', { i: i + j })),
-        );
-        for (const { job, created } of batch) {
-          assert.ok(created);
-          ids.push(job.id);
-        }
-      }
-      enqueueMs = Date.now() - started;
-    })();
-    let enqueueFailed: unknown = null;
-    enqueued.catch((err) => {
-      enqueueFailed = err;
-    });
-
-    // Every 300-500 ms, SIGKILL a random worker that is up (so it holds leases) and start a
-    // replacement; until every job is finished.
-    let kills = 0;
-    let nextKill = Date.now() + 300 + Math.random() * 200;
-    for (;;) {
-      if (enqueueFailed) throw enqueueFailed;
-      const counts = await broker.counts();
-      const finished = counts.succeeded + counts.failed + counts.canceled;
-      if (finished >= JOBS) break;
-      if (Date.now() > deadline) {
-        assert.fail(
-          `only ${finished} of ${JOBS} jobs finished within 75 s (${kills} kills): ${JSON.stringify(counts)}\n` +
-            workers.map((w) => `${w.name}: ${w.stderr.slice(-2000)}`).join('\n'),
-        );
-      }
-      if (Date.now() >= nextKill) {
-        const up = workers.filter((w) => ready.has(w) && w.alive);
-        if (up.length > 0) {
-          const victim = up[Math.floor(Math.random() * up.length)]!;
-          ready.delete(victim);
-          victim.proc.kill('SIGKILL');
-          kills++;
-          spawnWorker();
-        }
-        nextKill = Date.now() + 300 + Math.random() * 200;
-      }
-      await sleep(25);
-    }
-    await enqueued;
-    const doneMs = Date.now() - started;
-
-    // The survivors close gracefully: nothing is running any more. A replacement still starting
-    // has no SIGTERM handler yet, so each is let finish starting first.
-    const survivors = workers.filter((w) => w.alive);
-    await Promise.all(survivors.map((w) => w.line(/^ready$/)));
-    const exits = await Promise.all(survivors.map((w) => w.terminate()));
-    for (const [i, w] of survivors.entries()) {
-      assert.deepEqual(exits[i], { code: 0, signal: null }, `${w.name} on SIGTERM: ${w.stderr.slice(-2000)}`);
-    }
-
-    const counts = await broker.counts();
-    assert.deepEqual(
-      counts,
-      { queued: 0, running: 0, succeeded: JOBS, failed: 0, canceled: 0 },
-      'every job succeeded, none is left queued or running',
-    );
-    const runs = await admin.hgetall(runsKey);
-    const jobs = await Promise.all(ids.map((id) => broker.get(id)));
-    const byRuns = new Map<number, number>();
-    let retried = 0;
-    let claimedNotRun = 0;
-    for (const [i, job] of jobs.entries()) {
-      const id = ids[i]!;
-      assert.ok(job, `job ${id} exists`);
-      const record = job as JobRecord;
-      assert.equal(record.status, 'succeeded', `job ${id}: ${JSON.stringify(record)}`);
-      const ran = Number(runs[id] ?? 0);
-      assert.ok(ran >= 1, `job ${id} ran`);
-      // Each run follows a claim, and each claim counts an attempt.
-      assert.ok(ran <= record.attempts, `job ${id} ran ${ran} times in ${record.attempts} attempts`);
-      const result = record.result as { runs: number; pid: number };
-      assert.ok(result.runs >= 1 && result.runs <= ran, `job ${id}: result ${JSON.stringify(result)}`);
-      byRuns.set(ran, (byRuns.get(ran) ?? 0) + 1);
-      if (record.attempts > 1) retried++;
-      if (record.attempts > ran) claimedNotRun++;
-    }
-    const ranTwice = byRuns.get(2) ?? 0;
-    const ranMore = [...byRuns].filter(([n]) => n > 2).reduce((sum, [, c]) => sum + c, 0);
-    const warnings: Record<string, number> = {};
-    for (const w of workers) {
-      for (const [message, n] of w.warnings) warnings[message] = (warnings[message] ?? 0) + n;
-    }
-    const summary = {
-      jobs: JOBS,
-      workers: WORKERS,
-      kills,
-      workerProcesses: spawned,
-      ranOnce: byRuns.get(1) ?? 0,
-      ranTwice,
-      ranMoreThanTwice: ranMore,
-      retriedAfterLostLease: retried,
-      claimedButKilledBeforeRunning: claimedNotRun,
-      enqueueMs,
-      allFinishedMs: doneMs,
-      workerWarnings: warnings,
-    };
-    console.log(`redis crash test: ${JSON.stringify(summary)}`);
-
-    // The test proves nothing unless it actually killed workers holding leases.
-    assert.ok(kills >= 5, `only ${kills} kills: the jobs finished too fast to exercise crashes`);
-    assert.ok(retried > 0, 'no job was recovered after a kill: the crash path was not exercised');
-  });
+    after: () => deletePrefix(prefix),
+  };
 });
