@@ -13,6 +13,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
+import { BrokerSignals, parseEvents } from '../../lib/broker-signals.js';
 import { eventsAfter, hashedIdempotencyScope, newJobRecord } from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
@@ -26,7 +27,6 @@ import {
   type Json,
 } from '../../lib/job.js';
 import { decodeCursor, encodeCursor } from '../../lib/list-cursor.js';
-import { WakeTimer } from '../../lib/wake-timer.js';
 import { checkSchemaName, latestVersion, migrate, schemaVersion } from './migrations.js';
 
 export interface PostgresBrokerOptions {
@@ -72,16 +72,13 @@ export class PostgresBroker implements Broker {
   private readonly names: Record<string, string>;
   private readonly channels: { events: string; work: string; cancel: string };
   private ready: Promise<void> | null = null;
-  private readonly listeners = new Set<(event: JobEvent) => void>();
-  private readonly workListeners = new Set<() => void>();
-  private readonly cancelListeners = new Set<(jobId: string) => void>();
+  private readonly signals = new BrokerSignals();
   private listener: Client | null = null;
   private listening: Promise<Client> | null = null;
   /** Channels this broker listens on (again after a reconnect), and their LISTEN on `listener`. */
   private readonly wanted = new Set<string>();
   private readonly listens = new Map<string, Promise<void>>();
   private reconnectTimer: NodeJS.Timeout | null = null;
-  private readonly wake = new WakeTimer(() => this.notifyWork());
   private closed = false;
 
   constructor(options: PostgresBrokerOptions = {}) {
@@ -186,8 +183,8 @@ export class PostgresBroker implements Broker {
       runAt: parsed.runAt,
     });
     // NOTIFY reaches this process's listener too, but one still connecting would miss it.
-    if (input.runAt !== undefined && input.runAt > Date.now()) this.wake.arm(input.runAt);
-    else this.notifyWork();
+    if (input.runAt !== undefined && input.runAt > Date.now()) this.signals.armWake(input.runAt);
+    else this.signals.wakeWorkers();
     return { job, created: true };
   }
 
@@ -204,7 +201,7 @@ export class PostgresBroker implements Broker {
 
   private leasesOf(reply: ClaimReply): Lease[] {
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
-    if (reply.nextDue !== null) this.wake.arm(reply.nextDue);
+    if (reply.nextDue !== null) this.signals.armWake(reply.nextDue);
     return reply.leases.map((row) => ({ token: String(row.token), job: toRecord(row) }));
   }
 
@@ -224,7 +221,8 @@ export class PostgresBroker implements Broker {
       } else if (outcome.type === 'fail') {
         values.push(JSON.stringify(outcome.error));
         retryAts.push(outcome.retryAt ?? null);
-        if (outcome.retryAt !== undefined && outcome.retryAt > Date.now()) this.wake.arm(outcome.retryAt);
+        if (outcome.retryAt !== undefined && outcome.retryAt > Date.now())
+          this.signals.armWake(outcome.retryAt);
       } else {
         values.push(null);
         retryAts.push(null);
@@ -273,7 +271,7 @@ export class PostgresBroker implements Broker {
   }
 
   fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
-    if (retryAt !== undefined && retryAt > Date.now()) this.wake.arm(retryAt);
+    if (retryAt !== undefined && retryAt > Date.now()) this.signals.armWake(retryAt);
     return this.settleOne(jobId, token, 'fail', JSON.stringify(error), retryAt);
   }
 
@@ -404,31 +402,16 @@ export class PostgresBroker implements Broker {
     );
   }
 
-  async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
-    this.listeners.add(listener);
-    try {
-      await this.listen(this.channels.events);
-    } catch (err) {
-      this.listeners.delete(listener);
-      throw err;
-    }
-    return () => this.listeners.delete(listener);
+  subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    return this.signals.subscribe(listener, () => this.listen(this.channels.events));
   }
 
   onWork(listener: () => void): Unsubscribe {
-    this.workListeners.add(listener);
-    this.listen(this.channels.work).catch(() => {
-      // The worker polls as a backstop; the listener reconnects by itself.
-    });
-    return () => this.workListeners.delete(listener);
+    return this.signals.onWork(listener, () => this.listen(this.channels.work));
   }
 
   onCancel(listener: (jobId: string) => void): Unsubscribe {
-    this.cancelListeners.add(listener);
-    this.listen(this.channels.cancel).catch(() => {
-      // Lease renewal reports a requested cancel as well, within a third of the lease.
-    });
-    return () => this.cancelListeners.delete(listener);
+    return this.signals.onCancel(listener, () => this.listen(this.channels.cancel));
   }
 
   async recover(): Promise<number> {
@@ -468,11 +451,8 @@ export class PostgresBroker implements Broker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.wake.stop();
+    this.signals.close();
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
-    this.listeners.clear();
-    this.workListeners.clear();
-    this.cancelListeners.clear();
     const listener = this.listener;
     this.listener = null;
     await Promise.all([
@@ -553,7 +533,7 @@ export class PostgresBroker implements Broker {
       this.reconnectTimer = null;
       if (this.closed) return;
       this.connection().then(
-        () => this.notifyWork(),
+        () => this.signals.wakeWorkers(),
         () => this.scheduleReconnect(Math.min(delayMs * 2, 1000)),
       );
     }, delayMs);
@@ -561,22 +541,12 @@ export class PostgresBroker implements Broker {
   }
 
   private onNotification(channel: string, payload: string): void {
-    if (channel === this.channels.work) {
-      // The payload is when the job comes due: now, or later (a delay, a retry's backoff).
-      const at = Number(payload);
-      if (at > Date.now()) this.wake.arm(at);
-      else this.notifyWork();
-    } else if (channel === this.channels.cancel) {
-      for (const listener of this.cancelListeners) listener(payload);
-    } else if (channel === this.channels.events && this.listeners.size > 0) {
+    // A work payload is when the job comes due: now, or later (a delay, a retry's backoff).
+    if (channel === this.channels.work) this.signals.dueAt(Number(payload));
+    else if (channel === this.channels.cancel) this.signals.cancelRequested(payload);
+    else if (channel === this.channels.events && this.signals.hasEventListeners) {
       // One event, or the events of one call as an array.
-      let parsed: EventNotice | EventNotice[];
-      try {
-        parsed = JSON.parse(payload) as EventNotice | EventNotice[];
-      } catch {
-        return;
-      }
-      for (const event of Array.isArray(parsed) ? parsed : [parsed]) this.deliver(event);
+      for (const event of parseEvents<EventNotice>(payload)) this.deliver(event);
     }
   }
 
@@ -589,7 +559,7 @@ export class PostgresBroker implements Broker {
    */
   private deliver(event: EventNotice): void {
     if (!event.ref && !this.backlog) {
-      for (const listener of this.listeners) listener(event);
+      this.signals.emit(event);
       return;
     }
     const previous = this.backlog ?? Promise.resolve();
@@ -607,16 +577,12 @@ export class PostgresBroker implements Broker {
           // Gone or unreadable: the SSE stream sends a snapshot when it sees a gap in seq.
         }
       }
-      if (full) for (const listener of this.listeners) listener(full);
+      if (full) this.signals.emit(full);
     });
     this.backlog = next;
     void next.then(() => {
       if (this.backlog === next) this.backlog = null;
     });
-  }
-
-  private notifyWork(): void {
-    for (const listener of this.workListeners) listener();
   }
 }
 

@@ -15,6 +15,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
+import { BrokerSignals, parseEvents } from '../../lib/broker-signals.js';
 import { eventsAfter, hashedIdempotencyScope, newJobRecord } from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
@@ -28,7 +29,6 @@ import {
   type Json,
 } from '../../lib/job.js';
 import { decodeCursor, encodeCursor } from '../../lib/list-cursor.js';
-import { WakeTimer } from '../../lib/wake-timer.js';
 
 export interface RedisBrokerOptions {
   /**
@@ -118,9 +118,7 @@ export class RedisBroker implements Broker {
   private readonly countsKey: string;
   private readonly historyLimit: string;
   private readonly logLimit: string;
-  private readonly listeners = new Set<(event: JobEvent) => void>();
-  private readonly workListeners = new Set<() => void>();
-  private readonly cancelListeners = new Set<(jobId: string) => void>();
+  private readonly signals = new BrokerSignals();
   private readonly eventsChannel: string;
   private readonly workChannel: string;
   private readonly cancelChannel: string;
@@ -128,7 +126,6 @@ export class RedisBroker implements Broker {
   /** Channels subscribed or being subscribed on `subscriber`. */
   private readonly channels = new Map<string, Promise<void>>();
   private workSubscribed = false;
-  private readonly wake = new WakeTimer(() => this.notifyWork());
   private closed = false;
   /** Connected once: until then, commands queue while the first connection comes up. */
   private wasReady = false;
@@ -216,8 +213,8 @@ export class RedisBroker implements Broker {
       runAt: Number(reply[2]),
     });
     // Published as well; until this process's subscriber is up, its own workers are told here.
-    if (input.runAt !== undefined && input.runAt > Date.now()) this.wake.arm(input.runAt);
-    else if (!subscribed) this.notifyWork();
+    if (input.runAt !== undefined && input.runAt > Date.now()) this.signals.armWake(input.runAt);
+    else if (!subscribed) this.signals.wakeWorkers();
     return { job, created: true };
   }
 
@@ -234,7 +231,7 @@ export class RedisBroker implements Broker {
       leases.push({ token: String(reply[i]), job: toRecord(reply[i + 1] as RecordReply) });
     }
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
-    if (reply[at] !== '') this.wake.arm(Number(reply[at]));
+    if (reply[at] !== '') this.signals.armWake(Number(reply[at]));
     return leases;
   }
 
@@ -289,7 +286,7 @@ export class RedisBroker implements Broker {
     }
     const reply: unknown[] = await this.run('settle', ...args);
     // The wake-up is published too, but a subscriber still connecting would miss it.
-    if (wakeAt > Date.now() && wakeAt !== Number.POSITIVE_INFINITY) this.wake.arm(wakeAt);
+    if (wakeAt > Date.now() && wakeAt !== Number.POSITIVE_INFINITY) this.signals.armWake(wakeAt);
     return { accepted: (reply[0] as number[]).map((a) => a === 1), leases: this.leasesOf(reply, 1) };
   }
 
@@ -334,31 +331,16 @@ export class RedisBroker implements Broker {
     return eventsAfter(Number(reply[0]), events, afterSeq);
   }
 
-  async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
-    this.listeners.add(listener);
-    try {
-      await this.listen(this.eventsChannel);
-    } catch (err) {
-      this.listeners.delete(listener);
-      throw err;
-    }
-    return () => this.listeners.delete(listener);
+  subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    return this.signals.subscribe(listener, () => this.listen(this.eventsChannel));
   }
 
   onWork(listener: () => void): Unsubscribe {
-    this.workListeners.add(listener);
-    this.listen(this.workChannel).catch(() => {
-      // The worker polls as a backstop; the subscriber reconnects by itself.
-    });
-    return () => this.workListeners.delete(listener);
+    return this.signals.onWork(listener, () => this.listen(this.workChannel));
   }
 
   onCancel(listener: (jobId: string) => void): Unsubscribe {
-    this.cancelListeners.add(listener);
-    this.listen(this.cancelChannel).catch(() => {
-      // Lease renewal reports a requested cancel as well, within a third of the lease.
-    });
-    return () => this.cancelListeners.delete(listener);
+    return this.signals.onCancel(listener, () => this.listen(this.cancelChannel));
   }
 
   async recover(): Promise<number> {
@@ -393,10 +375,7 @@ export class RedisBroker implements Broker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.wake.stop();
-    this.listeners.clear();
-    this.workListeners.clear();
-    this.cancelListeners.clear();
+    this.signals.close();
     const subscriber = this.subscriber;
     this.subscriber = null;
     await Promise.all([
@@ -440,29 +419,13 @@ export class RedisBroker implements Broker {
   }
 
   private onMessage(channel: string, message: string): void {
-    if (channel === this.workChannel) {
-      // The message is when the job comes due: now, or later (a delay, a retry's backoff).
-      const at = Number(message);
-      if (at > Date.now()) this.wake.arm(at);
-      else this.notifyWork();
-    } else if (channel === this.cancelChannel) {
-      for (const listener of this.cancelListeners) listener(message);
-    } else if (channel === this.eventsChannel && this.listeners.size > 0) {
+    // A work message is when the job comes due: now, or later (a delay, a retry's backoff).
+    if (channel === this.workChannel) this.signals.dueAt(Number(message));
+    else if (channel === this.cancelChannel) this.signals.cancelRequested(message);
+    else if (channel === this.eventsChannel && this.signals.hasEventListeners) {
       // One event, or the events of one script run (a claim's jobs) as an array.
-      let parsed: JobEvent | JobEvent[];
-      try {
-        parsed = JSON.parse(message) as JobEvent | JobEvent[];
-      } catch {
-        return;
-      }
-      for (const event of Array.isArray(parsed) ? parsed : [parsed]) {
-        for (const listener of this.listeners) listener(event);
-      }
+      for (const event of parseEvents(message)) this.signals.emit(event);
     }
-  }
-
-  private notifyWork(): void {
-    for (const listener of this.workListeners) listener();
   }
 }
 
