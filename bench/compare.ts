@@ -4,13 +4,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   alternate,
   type Contender,
+  httpTable,
   pairedRatios,
   parseFlags,
   type RequestSpec,
   type ServerProcess,
-  type Summary,
   startServer,
-  table,
 } from './harness.js';
 
 /** One side of a comparison: a compiled server module and the status that counts as success. */
@@ -133,21 +132,10 @@ export async function compare(argv: string[], c: Comparison): Promise<number> {
 
     const { pairs, ratio, cpuRatio, range, cpuRange } = pairedRatios(base, off);
     console.log('');
-    const row = (title: string, s: Summary) => [
-      title,
-      String(Math.round(s.rps)),
-      String(s.p50),
-      String(s.p99),
-      String(Math.round(s.cpuUsPerReq)),
-      String(s.ok),
-      String(s.unexpected),
-      String(s.errors),
-    ];
     console.log(
-      table([
-        ['server', 'req/s (median)', 'p50 ms', 'p99 ms', 'server cpu µs/req', 'ok', 'bad status', 'errors'],
-        row(c.anchor.title, base),
-        row(c.offload.title, off),
+      httpTable([
+        [c.anchor.title, base],
+        [c.offload.title, off],
       ]),
     );
     console.log('');

@@ -270,6 +270,23 @@ function formatRound(r: RoundResult): string {
   return `${rps} req/s  p50 ${r.p50} ms  p99 ${r.p99} ms  cpu ${Math.round(r.cpuUsPerReq)} µs/req${bad}`;
 }
 
+/** The table of an HTTP comparison: one row per server, its median rate and latency, CPU and counts. */
+export function httpTable(servers: [title: string, summary: Summary][]): string {
+  return table([
+    ['server', 'req/s (median)', 'p50 ms', 'p99 ms', 'server cpu µs/req', 'ok', 'bad status', 'errors'],
+    ...servers.map(([title, s]) => [
+      title,
+      String(Math.round(s.rps)),
+      String(s.p50),
+      String(s.p99),
+      String(Math.round(s.cpuUsPerReq)),
+      String(s.ok),
+      String(s.unexpected),
+      String(s.errors),
+    ]),
+  ]);
+}
+
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;

@@ -13,6 +13,7 @@ import {
   type CpuMeter,
   collectErrors,
   enqueueRound,
+  httpTable,
   latencies,
   latencyRound,
   latencyRow,
@@ -27,7 +28,6 @@ import {
   type RoundQueue,
   rateRow,
   type ServerProcess,
-  type Summary,
   startServer,
   table,
 } from './harness.js';
@@ -460,22 +460,11 @@ async function httpPhase(
     const base = b!;
     const offl = o!;
     const { pairs, ratio, cpuRatio, range, cpuRange } = pairedRatios(base, offl);
-    const row = (title: string, s: Summary) => [
-      title,
-      String(Math.round(s.rps)),
-      String(s.p50),
-      String(s.p99),
-      String(Math.round(s.cpuUsPerReq)),
-      String(s.ok),
-      String(s.unexpected),
-      String(s.errors),
-    ];
     console.log('');
     console.log(
-      table([
-        ['server', 'req/s (median)', 'p50 ms', 'p99 ms', 'server cpu µs/req', 'ok', 'bad status', 'errors'],
-        row('express + bullmq (queue.add, 202 + job run)', base),
-        row('express + offload redis (202 + job run)', offl),
+      httpTable([
+        ['express + bullmq (queue.add, 202 + job run)', base],
+        ['express + offload redis (202 + job run)', offl],
       ]),
     );
     console.log('');
