@@ -2,7 +2,7 @@
 // are does not depend on where they are stored.
 import { createHash } from 'node:crypto';
 import type { EnqueueInput } from './broker.js';
-import type { JobEvent, JobRecord, Json } from './job.js';
+import type { JobError, JobEvent, JobProgress, JobRecord, JobStatus, Json } from './job.js';
 
 /** The scope an idempotency key dedupes in: (owner, task, key), as one string. */
 export function idempotencyScope(input: EnqueueInput): string | null {
@@ -61,4 +61,62 @@ export function eventsAfter(seq: number, kept: JobEvent[], afterSeq: number): Jo
   const first = events[0];
   if (!first || first.seq > afterSeq + 1) return null;
   return events;
+}
+
+/**
+ * A job as the SQL brokers store it: snake_case columns, JSON values as text. The drivers differ
+ * in two columns: a boolean comes as `true`/`false` (PostgreSQL) or `1`/`0` (SQLite), the logs as
+ * an array (PostgreSQL's text[]) or JSON text (SQLite).
+ */
+export interface SqlJobRow {
+  id: string;
+  task: string;
+  payload: string;
+  status: JobStatus;
+  progress: string | null;
+  result: string | null;
+  error: string | null;
+  attempts: number;
+  max_attempts: number;
+  run_at: number;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  expire_at: number | null;
+  timeout_ms: number | null;
+  owner: string | null;
+  idempotency_key: string | null;
+  payload_hash: string | null;
+  cancel_requested: boolean | number;
+  seq: number;
+  logs: string[] | string | null;
+}
+
+const parseJson = (text: string | null): unknown => (text === null ? null : JSON.parse(text));
+
+/** A job record from its SQL row. */
+export function recordFromRow(row: SqlJobRow): JobRecord {
+  return {
+    id: row.id,
+    task: row.task,
+    payload: JSON.parse(row.payload) as Json,
+    status: row.status,
+    progress: parseJson(row.progress) as JobProgress | null,
+    result: parseJson(row.result) as Json,
+    error: parseJson(row.error) as JobError | null,
+    attempts: row.attempts,
+    maxAttempts: row.max_attempts,
+    runAt: row.run_at,
+    createdAt: row.created_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    expireAt: row.expire_at,
+    timeoutMs: row.timeout_ms,
+    owner: row.owner,
+    idempotencyKey: row.idempotency_key,
+    payloadHash: row.payload_hash,
+    cancelRequested: row.cancel_requested === true || row.cancel_requested === 1,
+    seq: row.seq,
+    logs: Array.isArray(row.logs) ? row.logs : ((parseJson(row.logs) as string[] | null) ?? []),
+  };
 }

@@ -14,7 +14,13 @@ import type {
   Unsubscribe,
 } from '../../lib/broker.js';
 import { BrokerSignals, parseEvents } from '../../lib/broker-signals.js';
-import { eventsAfter, hashedIdempotencyScope, newJobRecord } from '../../lib/broker-support.js';
+import {
+  eventsAfter,
+  hashedIdempotencyScope,
+  newJobRecord,
+  recordFromRow,
+  type SqlJobRow,
+} from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
 import {
@@ -177,7 +183,7 @@ export class PostgresBroker implements Broker {
       runAt: number;
       job?: JobRow;
     };
-    if (!parsed.created) return { job: toRecord(parsed.job!), created: false };
+    if (!parsed.created) return { job: recordFromRow(parsed.job!), created: false };
     const job = newJobRecord(input, id, JSON.parse(payload) as Json, {
       createdAt: parsed.createdAt,
       runAt: parsed.runAt,
@@ -202,7 +208,7 @@ export class PostgresBroker implements Broker {
   private leasesOf(reply: ClaimReply): Lease[] {
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
     if (reply.nextDue !== null) this.signals.armWake(reply.nextDue);
-    return reply.leases.map((row) => ({ token: String(row.token), job: toRecord(row) }));
+    return reply.leases.map((row) => ({ token: String(row.token), job: recordFromRow(row) }));
   }
 
   async settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult> {
@@ -325,7 +331,7 @@ export class PostgresBroker implements Broker {
       this.historyLimit,
     ]);
     const parsed = JSON.parse(reply) as { outcome: CancelOutcome; job: JobRow | null };
-    return { outcome: parsed.outcome, job: parsed.job ? toRecord(parsed.job) : null };
+    return { outcome: parsed.outcome, job: parsed.job ? recordFromRow(parsed.job) : null };
   }
 
   async retry(jobId: string): Promise<JobRecord | null> {
@@ -333,7 +339,7 @@ export class PostgresBroker implements Broker {
     await this.init();
     const { rows } = await this.pool.query(`SELECT ${this.s}.retry($1, $2) AS r`, [jobId, this.historyLimit]);
     const reply = rows[0]?.r as string | null;
-    return reply ? toRecord(JSON.parse(reply) as JobRow) : null;
+    return reply ? recordFromRow(JSON.parse(reply) as JobRow) : null;
   }
 
   async get(jobId: string): Promise<JobRecord | null> {
@@ -344,7 +350,7 @@ export class PostgresBroker implements Broker {
       `SELECT row_to_json(j)::text AS r FROM ${this.s}.job j WHERE id = $1`,
       [jobId],
     );
-    return reply ? toRecord(JSON.parse(reply) as JobRow) : null;
+    return reply ? recordFromRow(JSON.parse(reply) as JobRow) : null;
   }
 
   async list(query: ListQuery): Promise<ListPage> {
@@ -376,7 +382,9 @@ export class PostgresBroker implements Broker {
        ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
       values,
     );
-    const jobs = rows.slice(0, query.limit).map((row) => toRecord(JSON.parse(row.r as string) as JobRow));
+    const jobs = rows
+      .slice(0, query.limit)
+      .map((row) => recordFromRow(JSON.parse(row.r as string) as JobRow));
     const last = jobs[jobs.length - 1];
     return { jobs, nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null };
   }
@@ -588,28 +596,9 @@ export class PostgresBroker implements Broker {
 
 const NO_CLAIM: ClaimRequest = { tasks: [], limit: 0, leaseMs: 0, workerId: '' };
 
-/** A row of the job table as row_to_json writes it. */
-interface JobRow {
-  id: string;
-  task: string;
-  payload: string;
-  status: JobStatus;
-  progress: string | null;
-  result: string | null;
-  error: string | null;
-  attempts: number;
-  max_attempts: number;
-  run_at: number;
-  created_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  expire_at: number | null;
-  timeout_ms: number | null;
-  owner: string | null;
-  idempotency_key: string | null;
-  payload_hash: string | null;
+/** A row of the job table as row_to_json writes it (with the lease token). */
+interface JobRow extends SqlJobRow {
   cancel_requested: boolean;
-  seq: number;
   token: number | null;
   logs: string[];
 }
@@ -620,35 +609,6 @@ interface ClaimReply {
 }
 
 type EventNotice = JobEvent & { ref?: boolean };
-
-const parseJson = (text: string | null): unknown => (text === null ? null : JSON.parse(text));
-
-/** A job record from its row (JSON values are stored as text). */
-function toRecord(row: JobRow): JobRecord {
-  return {
-    id: row.id,
-    task: row.task,
-    payload: JSON.parse(row.payload) as Json,
-    status: row.status,
-    progress: parseJson(row.progress) as JobProgress | null,
-    result: parseJson(row.result) as Json,
-    error: parseJson(row.error) as JobError | null,
-    attempts: row.attempts,
-    maxAttempts: row.max_attempts,
-    runAt: row.run_at,
-    createdAt: row.created_at,
-    startedAt: row.started_at,
-    finishedAt: row.finished_at,
-    expireAt: row.expire_at,
-    timeoutMs: row.timeout_ms,
-    owner: row.owner,
-    idempotencyKey: row.idempotency_key,
-    payloadHash: row.payload_hash,
-    cancelRequested: row.cancel_requested,
-    seq: row.seq,
-    logs: row.logs,
-  };
-}
 
 /** Lease tokens are bigints in the database; anything else can hold no lease. */
 function isToken(token: string): boolean {

@@ -13,7 +13,13 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
-import { eventsAfter, idempotencyScope, newJobRecord } from '../../lib/broker-support.js';
+import {
+  eventsAfter,
+  idempotencyScope,
+  newJobRecord,
+  recordFromRow,
+  type SqlJobRow,
+} from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
 import {
@@ -92,27 +98,8 @@ const RECORD = `id, task, payload, status, progress, result, error, attempts, ma
   created_at, started_at, finished_at, expire_at, timeout_ms, owner, idempotency_key, payload_hash,
   cancel_requested, seq, logs`;
 
-interface RecordRow {
-  id: string;
-  task: string;
-  payload: string;
-  status: JobStatus;
-  progress: string | null;
-  result: string | null;
-  error: string | null;
-  attempts: number;
-  max_attempts: number;
-  run_at: number;
-  created_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  expire_at: number | null;
-  timeout_ms: number | null;
-  owner: string | null;
-  idempotency_key: string | null;
-  payload_hash: string | null;
+interface RecordRow extends SqlJobRow {
   cancel_requested: number;
-  seq: number;
   logs: string | null;
 }
 
@@ -266,7 +253,7 @@ export class SqliteBroker implements Broker {
     return this.write(() => {
       if (scope !== null) {
         const existing = this.s.byScope.get(scope) as RecordRow | undefined;
-        if (existing) return { job: toRecord(existing), created: false };
+        if (existing) return { job: recordFromRow(existing), created: false };
       }
       if (input.maxQueued != null && (this.s.count.get('queued') as number) >= input.maxQueued) {
         throw new QueueFullError(input.maxQueued);
@@ -409,7 +396,7 @@ export class SqliteBroker implements Broker {
         }
         outcome = 'requested';
       }
-      return { outcome, job: toRecord(this.s.get.get(jobId) as RecordRow) };
+      return { outcome, job: recordFromRow(this.s.get.get(jobId) as RecordRow) };
     });
   }
 
@@ -419,13 +406,13 @@ export class SqliteBroker implements Broker {
       if (!cur || (cur.status !== 'failed' && cur.status !== 'canceled')) return null;
       this.s.resetRun.run(jobId);
       this.requeue({ ...cur, attempts: 0 }, Date.now(), null, 0, Date.now());
-      return toRecord(this.s.get.get(jobId) as RecordRow);
+      return recordFromRow(this.s.get.get(jobId) as RecordRow);
     });
   }
 
   async get(jobId: string): Promise<JobRecord | null> {
     const row = this.s.get.get(jobId) as RecordRow | undefined;
-    return row ? toRecord(row) : null;
+    return row ? recordFromRow(row) : null;
   }
 
   async list(query: ListQuery): Promise<ListPage> {
@@ -458,7 +445,7 @@ export class SqliteBroker implements Broker {
       this.listCache.set(sql, statement);
     }
     const rows = statement.all(...params, query.limit + 1) as RecordRow[];
-    const jobs = rows.slice(0, query.limit).map(toRecord);
+    const jobs = rows.slice(0, query.limit).map(recordFromRow);
     const last = jobs[jobs.length - 1];
     return { jobs, nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null };
   }
@@ -612,7 +599,7 @@ export class SqliteBroker implements Broker {
           `"type":"status","status":"running","attempts":${row.attempts}`,
           now,
         );
-        leases.push({ job: toRecord(row), token });
+        leases.push({ job: recordFromRow(row), token });
       }
     }
     if (leases.length < request.limit) this.armNextDue(tasks, now);
@@ -861,32 +848,6 @@ function migrate(db: Database): void {
     for (const statement of SCHEMA) db.exec(statement);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }).immediate();
-}
-
-function toRecord(row: RecordRow): JobRecord {
-  return {
-    id: row.id,
-    task: row.task,
-    payload: JSON.parse(row.payload) as Json,
-    status: row.status,
-    progress: row.progress === null ? null : (JSON.parse(row.progress) as JobProgress),
-    result: row.result === null ? null : (JSON.parse(row.result) as Json),
-    error: row.error === null ? null : (JSON.parse(row.error) as JobError),
-    attempts: row.attempts,
-    maxAttempts: row.max_attempts,
-    runAt: row.run_at,
-    createdAt: row.created_at,
-    startedAt: row.started_at,
-    finishedAt: row.finished_at,
-    expireAt: row.expire_at,
-    timeoutMs: row.timeout_ms,
-    owner: row.owner,
-    idempotencyKey: row.idempotency_key,
-    payloadHash: row.payload_hash,
-    cancelRequested: row.cancel_requested === 1,
-    seq: row.seq,
-    logs: row.logs === null ? [] : (JSON.parse(row.logs) as string[]),
-  };
 }
 
 /** A listener's exception is not the broker's: the commit stands, and the other listeners still hear. */
