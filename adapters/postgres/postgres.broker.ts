@@ -254,39 +254,33 @@ export class PostgresBroker implements Broker {
     return { accepted: parsed.accepted, leases: this.leasesOf(parsed) };
   }
 
-  private async settleOne(
-    jobId: string,
-    token: string,
-    outcome: string,
-    value: string | null,
-    retryAt?: number,
-  ) {
-    const { accepted } = await this.settleRaw(
-      [jobId],
-      [isToken(token) ? token : null],
-      [outcome],
-      [value],
-      [retryAt ?? null],
-      NO_CLAIM,
-    );
-    return accepted[0] === true;
+  private async settleOne(run: Settlement): Promise<boolean> {
+    return (await this.settle([run], NO_CLAIM)).accepted[0] === true;
   }
 
   complete(jobId: string, token: string, result: Json): Promise<boolean> {
-    return this.settleOne(jobId, token, 'complete', JSON.stringify(result ?? null));
+    return this.settleOne({ jobId, token, outcome: { type: 'complete', result } });
   }
 
   fail(jobId: string, token: string, error: JobError, retryAt?: number): Promise<boolean> {
-    if (retryAt !== undefined && retryAt > Date.now()) this.signals.armWake(retryAt);
-    return this.settleOne(jobId, token, 'fail', JSON.stringify(error), retryAt);
+    return this.settleOne({ jobId, token, outcome: { type: 'fail', error, retryAt } });
   }
 
   acknowledgeCancel(jobId: string, token: string): Promise<boolean> {
-    return this.settleOne(jobId, token, 'cancel', null);
+    return this.settleOne({ jobId, token, outcome: { type: 'cancel' } });
   }
 
-  release(jobId: string, token: string): Promise<boolean> {
-    return this.settleOne(jobId, token, 'release', null);
+  async release(jobId: string, token: string): Promise<boolean> {
+    // Not a run's outcome (RunOutcome): the worker hands the job back.
+    const { accepted } = await this.settleRaw(
+      [jobId],
+      [isToken(token) ? token : null],
+      ['release'],
+      [null],
+      [null],
+      NO_CLAIM,
+    );
+    return accepted[0] === true;
   }
 
   async renew(jobId: string, token: string, leaseMs: number): Promise<{ cancelRequested: boolean } | null> {
