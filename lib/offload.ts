@@ -17,6 +17,21 @@ export interface EnqueueOptions {
 }
 
 /**
+ * Set by the CLI while it loads an app's entry module (see `holdInstances`): the instances made
+ * meanwhile never start a worker or a purge timer; the CLI runs their tasks itself.
+ */
+let holding = false;
+
+/**
+ * @internal While `on`, new `Offload` instances are held: `start()` does nothing and no purge
+ * timer runs. The CLI loads the app's module this way, then runs its tasks with an instance of
+ * its own (its broker and worker options).
+ */
+export function holdInstances(on: boolean): void {
+  holding = on;
+}
+
+/**
  * The framework-free core one app holds: the broker, the task registry, the event fan-out,
  * and the in-process worker. The Express middleware and the Nest module are thin layers on it.
  */
@@ -34,6 +49,10 @@ export class Offload {
   private closing: Promise<StopReport> | null = null;
   /** Only a broker this instance built from a URL is closed with it; a passed-in one belongs to the app. */
   private readonly ownsBroker: boolean;
+  /** The options as given: the CLI builds its own instance from them (`holdInstances`). */
+  readonly options: Readonly<OffloadOptions>;
+  /** Made while the CLI held instances: never starts a worker or purges. */
+  readonly held: boolean;
 
   /**
    * Whether `task()` starts the worker; the Nest module holds it until the app is ready, then
@@ -44,6 +63,8 @@ export class Offload {
   /** @param internal.autoStart `false` leaves the worker stopped until `start()`. */
   constructor(options: OffloadOptions = {}, internal: { autoStart?: boolean } = {}) {
     this.config = parseOptions(options);
+    this.options = options;
+    this.held = holding;
     this.autoStart = internal.autoStart !== false;
     this.broker = resolveBroker(this.config.broker);
     this.ownsBroker = typeof this.config.broker === 'string';
@@ -53,9 +74,11 @@ export class Offload {
       w.concurrency > 0 ? new Worker(this.broker, this.registry, { ...w, logger: this.config.logger }) : null;
     // Purge finished jobs from any process: it is idempotent, and a web-only process must not
     // depend on a worker being alive to keep the store bounded.
-    const every = Math.max(1000, Math.min(60_000, Math.floor(this.config.resultTtlMs / 2)));
-    this.purgeTimer = setInterval(() => void this.purge(), every);
-    this.purgeTimer.unref();
+    if (!this.held) {
+      const every = Math.max(1000, Math.min(60_000, Math.floor(this.config.resultTtlMs / 2)));
+      this.purgeTimer = setInterval(() => void this.purge(), every);
+      this.purgeTimer.unref();
+    }
   }
 
   /** Register a task. The in-process worker starts with the first one. */
@@ -83,7 +106,7 @@ export class Offload {
   /** Start the in-process worker (if any). Idempotent; a closed instance stays stopped. */
   start(): void {
     this.autoStart = true;
-    if (!this.closing && this.registry.names().length > 0) this.worker?.start();
+    if (!this.closing && !this.held && this.registry.names().length > 0) this.worker?.start();
   }
 
   /**

@@ -1,0 +1,12 @@
+import type { CliIo } from './common.js';
+
+/** One `offload <name>` subcommand. */
+export interface Command {
+  name: string;
+  /** One line for `offload --help`. */
+  summary: string;
+  /** The full text of `offload <name> --help`. */
+  help: string;
+  /** Runs with the arguments after the command name; resolves to the exit code. */
+  run(args: string[], io: CliIo): Promise<number>;
+}
