@@ -35,6 +35,10 @@ import {
  * - enqueue: `jobs` adds from this process, `inflight` at a time (`core.enqueue` / `boss.send`);
  * - process: `jobs` no-op jobs enqueued beforehand, then the time until the last is recorded as
  *   finished, with `concurrency` jobs in flight in this process (offload's Worker / pg-boss work());
+ * - process at a deeper backlog: the same with `deep-backlog` jobs, offload and pg-boss only. A
+ *   pg-boss fetch reads and sorts every queued job of its queue (its ORDER BY is not its index's
+ *   order), so its rate falls as the backlog grows; offload's claim reads only what it takes.
+ *   `process_ratio` is the ratio at `jobs`, the smaller backlog: the harder case for offload.
  * - latency: one job every `latency-gap` ms to an idle worker; enqueue-to-start time, p50/p99.
  *
  * The same rounds run offload on SQLite (a temporary file) and on the memory broker, which have
@@ -49,8 +53,8 @@ import {
 export async function postgresBench(argv: string[]): Promise<number> {
   const flags = parseFlags(argv, {
     postgres: 'postgres://postgres@127.0.0.1:5432/test',
-    /** Comma-separated subset of enqueue,process,latency. */
-    phases: 'enqueue,process,latency',
+    /** Comma-separated subset of enqueue,process,deep,latency. */
+    phases: 'enqueue,process,deep,latency',
     /** A subset of offload,pg-boss,sqlite,memory (e.g. one side alone, for profiling). */
     sides: 'offload,pg-boss,sqlite,memory',
     rounds: 3,
@@ -59,6 +63,8 @@ export async function postgresBench(argv: string[]): Promise<number> {
     concurrency: 50,
     /** A round that takes longer stops there (enqueue) or counts as failed (process). */
     maxSeconds: 30,
+    /** The backlog of the deep process phase (offload and pg-boss only). */
+    deepBacklog: 20000,
     latencyJobs: 400,
     latencyGap: 5,
     /** pg-boss work() registrations sharing `concurrency`: batchSize = concurrency ÷ this. */
@@ -68,7 +74,7 @@ export async function postgresBench(argv: string[]): Promise<number> {
   });
   const phases = new Set(flags.phases.split(',').filter(Boolean));
   for (const p of phases) {
-    if (!['enqueue', 'process', 'latency'].includes(p)) throw new Error(`Unknown phase "${p}".`);
+    if (!['enqueue', 'process', 'deep', 'latency'].includes(p)) throw new Error(`Unknown phase "${p}".`);
   }
   const wanted = flags.sides.split(',');
   for (const s of wanted) {
@@ -141,9 +147,13 @@ export async function postgresBench(argv: string[]): Promise<number> {
     );
 
     const n = flags.jobs;
-    const run = (phase: string, round: (q: RoundQueue, warm: boolean) => Promise<RoundOutcome>) =>
+    const run = (
+      phase: string,
+      round: (q: RoundQueue, warm: boolean) => Promise<RoundOutcome>,
+      only: Side[] = sides,
+    ) =>
       queueRounds(
-        { sides, count: flags.rounds, phase, server: 'postgres', ratioOf: PAIR },
+        { sides: only, count: flags.rounds, phase, server: 'postgres', ratioOf: PAIR },
         async (side, queue, warm) => {
           const q = await side.open(ctx, queue);
           try {
@@ -184,6 +194,25 @@ export async function postgresBench(argv: string[]): Promise<number> {
       out.process_ratio = r.ratio;
       out.process_jobs_per_s = r.rates;
     }
+    const pair = sides.filter((s) => PAIR.includes(s.label));
+    if (phases.has('deep') && pair.length > 0) {
+      const deep = flags.deepBacklog;
+      console.log(
+        `\nprocess at a deeper backlog: ${deep} no-op jobs enqueued beforehand, ${flags.concurrency} in flight, ` +
+          `${flags.rounds} rounds per side (offload and pg-boss only)`,
+      );
+      const r = await run(
+        'deep',
+        (q, warm) =>
+          processRound(q, warm ? Math.ceil(deep / 4) : deep, flags.inflight, flags.concurrency, flags.maxSeconds * 1000),
+        pair,
+      );
+      collectErrors(r, problems, 'process (deep backlog)');
+      results.deep = r;
+      out.process_deep_ratio = r.ratio;
+      out.process_deep_jobs_per_s = r.rates;
+      out.deep_backlog = deep;
+    }
     let latency: Latencies | null = null;
     if (phases.has('latency')) {
       console.log(
@@ -202,7 +231,7 @@ export async function postgresBench(argv: string[]): Promise<number> {
       latency = latencies(r);
       out.latency_ms = latency;
     }
-    printTables(results, latency, n);
+    printTables(results, latency, n, flags.deepBacklog);
     const cpu = (pick: (r: PhaseResult) => Record<string, number>) =>
       Object.fromEntries(Object.entries(results).map(([phase, r]) => [phase, pick(r)]));
     out.postgres_cpu_us_per_job = cpu((r) => pickSides(r.serverCpu, PAIR));
@@ -537,9 +566,18 @@ function postgresCpuReader(backendPid: number): () => number | null {
   };
 }
 
-function printTables(results: Record<string, PhaseResult>, latency: Latencies | null, n: number): void {
+function printTables(
+  results: Record<string, PhaseResult>,
+  latency: Latencies | null,
+  n: number,
+  deep: number,
+): void {
   const rows: string[][] = [];
-  const titles: Record<string, string> = { enqueue: 'enqueue (jobs/s)', process: 'process (jobs/s)' };
+  const titles: Record<string, string> = {
+    enqueue: 'enqueue (jobs/s)',
+    process: 'process (jobs/s)',
+    deep: `process, ${deep} backlog`,
+  };
   for (const [phase, r] of Object.entries(results)) rows.push(rateRow(titles[phase]!, r, PAIR));
   if (latency) {
     rows.push(
@@ -574,6 +612,7 @@ function printTables(results: Record<string, PhaseResult>, latency: Latencies | 
   const cell = (x: number | undefined) => (x === undefined ? '-' : String(x));
   const local: string[][] = [];
   for (const [phase, r] of Object.entries(results)) {
+    if (phase === 'deep') continue;
     local.push([
       titles[phase]!,
       ...own.map((label) => cell(r.rates[label])),

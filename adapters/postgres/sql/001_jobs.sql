@@ -178,22 +178,28 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   buf text := '';
   ev text;
-  top integer := 0;
+  top integer;
+  total bigint;
 BEGIN
   IF coalesce(cardinality(p_ids), 0) = 0 THEN RETURN; END IF;
   INSERT INTO {{schema}}.event (job_id, seq, body) SELECT * FROM unnest(p_ids, p_seqs, p_bodies);
-  -- As few NOTIFYs as fit: the events go as JSON arrays of up to about 7900 bytes.
-  FOR i IN 1 .. cardinality(p_ids) LOOP
-    top := greatest(top, p_seqs[i]);
-    ev := CASE WHEN octet_length(p_bodies[i]) > 7900
-      THEN '{"jobId":"' || p_ids[i] || '","seq":' || p_seqs[i] || ',"ref":true}' ELSE p_bodies[i] END;
-    IF buf <> '' AND octet_length(buf) + octet_length(ev) > 7890 THEN
-      PERFORM pg_notify({{channel}} || ':events', '[' || buf || ']');
-      buf := '';
-    END IF;
-    buf := buf || CASE WHEN buf = '' THEN '' ELSE ',' END || ev;
-  END LOOP;
-  PERFORM pg_notify({{channel}} || ':events', '[' || buf || ']');
+  -- As few NOTIFYs as fit: the events go as JSON arrays of up to about 7900 bytes. The usual
+  -- settle (a few dozen status events) fits in one, joined at once; else they are packed one by one.
+  SELECT max(s), sum(octet_length(b) + 1) INTO top, total FROM unnest(p_seqs, p_bodies) AS e(s, b);
+  IF total <= 7890 THEN
+    PERFORM pg_notify({{channel}} || ':events', '[' || array_to_string(p_bodies, ',') || ']');
+  ELSE
+    FOR i IN 1 .. cardinality(p_ids) LOOP
+      ev := CASE WHEN octet_length(p_bodies[i]) > 7900
+        THEN '{"jobId":"' || p_ids[i] || '","seq":' || p_seqs[i] || ',"ref":true}' ELSE p_bodies[i] END;
+      IF buf <> '' AND octet_length(buf) + octet_length(ev) > 7890 THEN
+        PERFORM pg_notify({{channel}} || ':events', '[' || buf || ']');
+        buf := '';
+      END IF;
+      buf := buf || CASE WHEN buf = '' THEN '' ELSE ',' END || ev;
+    END LOOP;
+    PERFORM pg_notify({{channel}} || ':events', '[' || buf || ']');
+  END IF;
   IF top > p_history THEN
     DELETE FROM {{schema}}.event e USING unnest(p_ids, p_seqs) AS n(id, seq)
     WHERE n.seq > p_history AND e.job_id = n.id AND e.seq <= n.seq - p_history;
@@ -203,7 +209,9 @@ END $$;
 -- Settle: end runs, each only if p_tokens[i] is its current lease (a requested cancel wins over
 -- any outcome), then claim up to p_limit due jobs of p_tasks, oldest first, each leased for
 -- p_lease_ms to this caller alone (SKIP LOCKED: concurrent claims take different jobs and never
--- wait). A due job past its age limit that never started is failed instead of handed out.
+-- wait). A due job past its age limit that never started is failed instead of handed out, at
+-- most p_limit of them per call, found through job_expiring (its predicate spelled out in the
+-- query: without `expire_at IS NOT NULL` the generic plan walks the whole backlog in job_ready).
 -- p_outcomes: 'complete' (p_values = result), 'fail' (p_values = error; p_retry_at NULL = final),
 -- 'cancel', 'release' (back to the queue at once, the attempt not counted). With no runs it is
 -- a plain claim. The claim is a statement of its own, after the runs ended: a run re-queued for
@@ -293,8 +301,10 @@ BEGIN
         error = '{"message":"The job was not started before its age limit.","code":"ERR_OFFLOAD_EXPIRED"}'
       WHERE j.id IN (
         SELECT id FROM {{schema}}.job
-        WHERE status = 'queued' AND started_at IS NULL AND expire_at <= now_ms AND run_at <= now_ms
-          AND task = ANY (p_tasks)
+        WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL AND expire_at <= now_ms
+          AND run_at <= now_ms AND task = ANY (p_tasks)
+        ORDER BY expire_at
+        LIMIT p_limit
         FOR UPDATE SKIP LOCKED
       )
       RETURNING j.id, j.seq, j.attempts, j.error
