@@ -204,7 +204,13 @@ export async function postgresBench(argv: string[]): Promise<number> {
       const r = await run(
         'deep',
         (q, warm) =>
-          processRound(q, warm ? Math.ceil(deep / 4) : deep, flags.inflight, flags.concurrency, flags.maxSeconds * 1000),
+          processRound(
+            q,
+            warm ? Math.ceil(deep / 4) : deep,
+            flags.inflight,
+            flags.concurrency,
+            flags.maxSeconds * 1000,
+          ),
         pair,
       );
       collectErrors(r, problems, 'process (deep backlog)');

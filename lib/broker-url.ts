@@ -55,6 +55,6 @@ export function requireDriver<T = unknown>(pkg: string, feature: string): T {
 }
 
 /** Hide credentials before a URL goes into an error message. */
-function redact(url: string): string {
+export function redact(url: string): string {
   return url.replace(/\/\/[^@/]*@/, '//***@');
 }

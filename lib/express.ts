@@ -6,6 +6,7 @@ import { createSubmitHandler, type PayloadExtractor } from './http/submit.js';
 import { Offload } from './offload.js';
 import type { OffloadOptions, OffloadRequest } from './options.js';
 import { sendProblem, toProblem } from './problem.js';
+import type { ScheduleDefinition, ScheduleOptions } from './schedule.js';
 import type { TaskHandler, TaskOptions } from './task.js';
 
 export interface BackgroundOptions<P, Req> extends TaskOptions {
@@ -35,6 +36,12 @@ export interface OffloadMiddleware {
   background<P = any>(name: string, handler: TaskHandler<P>): OffloadHandler;
   /** Register a task with no route (enqueue it with `jobs.core.enqueue`). */
   task<P = any, R = unknown>(name: string, handler: TaskHandler<P, R>, options?: TaskOptions): void;
+  /**
+   * Enqueue task `options.task` (default: `name`, registered before this call) at every tick of
+   * `cron`, one job per tick however many processes run the app:
+   * `jobs.schedule('nightly-report', '0 3 * * *', { task: 'report', timezone: 'Europe/Paris' })`.
+   */
+  schedule(name: string, cron: string, options?: ScheduleOptions): ScheduleDefinition;
   /**
    * Error middleware for apps that parse bodies with `express.json()` before offload's routes:
    * turns its parse and size errors into problem+json. Mount after your routes.
@@ -68,6 +75,8 @@ export function offload(options: OffloadOptions = {}): OffloadMiddleware {
   middleware.task = (name, handler, opts) => {
     core.task(name, handler, opts);
   };
+
+  middleware.schedule = (name, cron, opts) => core.schedule(name, cron, opts);
 
   middleware.errorHandler = () =>
     function offloadErrorHandler(err: unknown, _req: OffloadRequest, res: ServerResponse, next: Next): void {

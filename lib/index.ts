@@ -52,5 +52,6 @@ export { consoleLogger, type Logger, silentLogger } from './logger.js';
 export { type EnqueueOptions, Offload } from './offload.js';
 export type { OffloadOptions, OffloadRequest, OwnerHook, WorkerOptions } from './options.js';
 export { type Problem, toProblem } from './problem.js';
+export type { MissedTicks, ScheduleDefinition, ScheduleOptions } from './schedule.js';
 export type { BackoffOptions, Job, TaskHandler, TaskOptions } from './task.js';
 export type { StopReport } from './worker.js';

@@ -17,3 +17,13 @@ export const consoleLogger: Logger = {
 };
 
 export const silentLogger: Logger = { debug: noop, info: noop, warn: noop, error: noop };
+
+/**
+ * Marks a logger offload chose for the app (Nest's Logger, by default, in `OffloadModule`), as
+ * opposed to one the app passed: the CLI replaces the former with its own, keeps the latter.
+ */
+export const IMPLICIT_LOGGER: unique symbol = Symbol.for('offload.implicitLogger');
+
+export function isImplicitLogger(logger: Logger | undefined): boolean {
+  return logger !== undefined && (logger as { [IMPLICIT_LOGGER]?: boolean })[IMPLICIT_LOGGER] === true;
+}

@@ -6,6 +6,7 @@ import { BrokerUnavailableError, OffloadError, UnknownTaskError, ValidationError
 import { isTerminal, type JobEvent, type JobRecord, type Json } from './job.js';
 import { JobEvents } from './job-events.js';
 import { type OffloadOptions, parseOptions, type ResolvedConfig } from './options.js';
+import { defineSchedule, type ScheduleDefinition, type ScheduleOptions, Scheduler } from './schedule.js';
 import { defineTask, type TaskDefinition, type TaskHandler, type TaskOptions, TaskRegistry } from './task.js';
 import { type StopReport, Worker } from './worker.js';
 
@@ -41,6 +42,8 @@ export class Offload {
   readonly registry = new TaskRegistry();
   readonly events: JobEvents;
   readonly worker: Worker | null;
+  /** The schedules: they tick once `start()` ran, unless held or `schedules: false`. */
+  private readonly scheduler = new Scheduler(this);
   private purgeTimer: NodeJS.Timeout | null = null;
   /** Enders of the open SSE streams: `close()` ends them, or `server.close()` would wait on their clients. */
   readonly streams = new Set<() => void>();
@@ -98,6 +101,34 @@ export class Offload {
     if (this.autoStart) this.start();
   }
 
+  /**
+   * Enqueue a job of `options.task` (default: `name`) at every tick of the cron expression, once
+   * per tick however many processes run this schedule (see `Scheduler`). Checked at once; the
+   * task must be registered before the schedule starts ticking: at once here when the instance
+   * is started already (Express), else at `start()`.
+   */
+  schedule(name: string, cron: string, options: ScheduleOptions = {}): ScheduleDefinition {
+    const def = defineSchedule(name, cron, options, this.config.maxPayloadBytes);
+    this.addSchedule(def);
+    return def;
+  }
+
+  /** @internal Resolves once the schedule enqueues in flight (a start's catch-up) have settled. */
+  schedulesSettled(): Promise<void> {
+    return this.scheduler.settled();
+  }
+
+  /** The schedules declared on this instance, as `addSchedule` takes them. */
+  schedules(): ScheduleDefinition[] {
+    return this.scheduler.list();
+  }
+
+  /** @internal Add a schedule declared elsewhere (the CLI copies a held instance's; the Nest explorer). */
+  addSchedule(def: ScheduleDefinition): void {
+    this.scheduler.add(def, this.autoStart);
+    if (this.autoStart) this.start();
+  }
+
   /** True once `close()` has begun: an SSE stream or a wait that starts now must end at once. */
   get closed(): boolean {
     return this.closing !== null;
@@ -106,6 +137,8 @@ export class Offload {
   /** Start the in-process worker (if any). Idempotent; a closed instance stays stopped. */
   start(): void {
     this.autoStart = true;
+    // Schedules first: one whose task is missing throws before any job runs.
+    if (!this.closing) this.scheduler.start(!this.held && this.config.schedules);
     if (!this.closing && !this.held && this.registry.names().length > 0) this.worker?.start();
   }
 
@@ -247,8 +280,10 @@ export class Offload {
     if (!this.closing) {
       this.closing = (async () => {
         if (this.purgeTimer) clearInterval(this.purgeTimer);
+        const schedulesStopped = this.scheduler.stop();
         for (const end of [...this.streams, ...this.waits]) end();
         const report = (await this.worker?.stop()) ?? { finished: 0, handedBack: 0 };
+        await schedulesStopped;
         await this.events.close();
         if (this.ownsBroker) await this.broker.close();
         return report;

@@ -56,6 +56,12 @@ export interface OffloadOptions {
   exposeStack?: boolean;
   /** @defaultValue warnings and errors to the console */
   logger?: Logger;
+  /**
+   * Whether this process enqueues the ticks of the app's schedules (`schedule()`); `false` for a
+   * process that must not (the schedules stay declared). Any number of processes may tick: each
+   * tick is still one job. @defaultValue true
+   */
+  schedules?: boolean;
 }
 
 export interface ResolvedConfig {
@@ -84,6 +90,7 @@ export interface ResolvedConfig {
   sseRetryMs: number;
   exposeStack: boolean;
   logger: Logger;
+  schedules: boolean;
 }
 
 const OPTION_KEYS: ReadonlySet<string> = new Set([
@@ -101,6 +108,7 @@ const OPTION_KEYS: ReadonlySet<string> = new Set([
   'sseRetry',
   'exposeStack',
   'logger',
+  'schedules',
 ]);
 
 const WORKER_KEYS: ReadonlySet<string> = new Set([
@@ -152,6 +160,9 @@ export function parseOptions(options: OffloadOptions = {}): ResolvedConfig {
   if (leaseMs < 100) throw new ConfigError('worker.leaseTime must be at least 100 ms.');
   const maxQueued = options.maxQueued ?? null;
   if (maxQueued !== null) intInRange(maxQueued, 'maxQueued', 1, Number.MAX_SAFE_INTEGER);
+  if (options.schedules !== undefined && typeof options.schedules !== 'boolean') {
+    throw new ConfigError(`schedules must be true or false; got ${JSON.stringify(options.schedules)}.`);
+  }
   const tasks = w.tasks ?? [];
   if (!Array.isArray(tasks) || tasks.some((t) => typeof t !== 'string')) {
     throw new ConfigError('worker.tasks must be an array of task names.');
@@ -181,6 +192,7 @@ export function parseOptions(options: OffloadOptions = {}): ResolvedConfig {
     sseRetryMs: toMs(options.sseRetry ?? 3000, 'sseRetry'),
     exposeStack: options.exposeStack === true,
     logger: options.logger ?? consoleLogger,
+    schedules: options.schedules !== false,
   };
 }
 

@@ -125,4 +125,9 @@ export class TaskRegistry {
   names(): readonly string[] {
     return this.namesCache;
   }
+
+  /** Every registered definition, in registration order. */
+  all(): TaskDefinition[] {
+    return [...this.tasks.values()];
+  }
 }

@@ -24,6 +24,34 @@ export interface StopReport {
   handedBack: number;
 }
 
+/**
+ * When a draining worker (`Worker.drain`) is done: a worker started by cron exits when there is no
+ * work. Each condition that is set can end the drain; the first that holds does.
+ */
+export interface DrainOptions {
+  /** Done when no job is due: a claim came back short and nothing runs. Delayed jobs wait for the next start. */
+  untilEmpty?: boolean;
+  /** Done once this many jobs were claimed and have finished; no more are claimed. */
+  maxJobs?: number;
+  /** Done after this long with nothing running (reset whenever a job starts). */
+  idleMs?: number;
+  /**
+   * `untilEmpty` waits for this first (the jobs a start enqueues, such as a schedule's missed
+   * tick), then claims afresh before it decides the queue is empty.
+   */
+  notBefore?: Promise<unknown>;
+}
+
+/** Why a drain ended. */
+export type DrainReason = 'empty' | 'max-jobs' | 'idle';
+
+interface Drain extends DrainOptions {
+  resolve: (reason: DrainReason) => void;
+  idleTimer: NodeJS.Timeout | null;
+  /** `notBefore` has not settled: the queue is not called empty yet. */
+  gated: boolean;
+}
+
 /** What the log line of a finished run says. */
 interface WriteInfo {
   outcome: string;
@@ -76,6 +104,12 @@ export class Worker {
   private writes: PendingWrite[] = [];
   /** Set when stop() gave up waiting for a claim: whatever it hands out later is released at once. */
   private loopAbandoned = false;
+  /** Jobs claimed since start, and places asked for by claims still in flight (for `maxJobs`). */
+  private claimed = 0;
+  private asked = 0;
+  /** The last claim answered came back short: no job was due then. */
+  private lastClaimShort = false;
+  private drainState: Drain | null = null;
 
   constructor(
     private readonly broker: Broker,
@@ -85,6 +119,81 @@ export class Worker {
 
   get activeCount(): number {
     return this.runs.size;
+  }
+
+  /** Jobs this worker has claimed since it started. */
+  get claimedCount(): number {
+    return this.claimed;
+  }
+
+  /**
+   * Resolve when the worker has drained (see `DrainOptions`); the caller then stops it. Call
+   * before `start()`: `maxJobs` bounds every claim from the first.
+   */
+  drain(options: DrainOptions): Promise<DrainReason> {
+    if (this.drainState) throw new Error('drain() was already called on this worker.');
+    return new Promise((resolve) => {
+      const gate = options.notBefore;
+      this.drainState = { ...options, resolve, idleTimer: null, gated: gate !== undefined };
+      gate?.then(
+        () => this.openDrainGate(),
+        () => this.openDrainGate(),
+      );
+      this.checkDrain();
+    });
+  }
+
+  /** `notBefore` settled: a claim made before it proves nothing, so claim again, then decide. */
+  private openDrainGate(): void {
+    const d = this.drainState;
+    if (!d) return;
+    d.gated = false;
+    this.lastClaimShort = false;
+    this.poke();
+  }
+
+  /** How many jobs a claim may ask for now: the free slots, bounded by what `maxJobs` leaves. */
+  private quota(free: number): number {
+    const max = this.drainState?.maxJobs;
+    return max === undefined ? free : Math.max(0, Math.min(free, max - this.claimed - this.asked));
+  }
+
+  /** Count a claim's answer, then see whether the drain is over. */
+  private claimAnswered(asked: number, got: number): void {
+    this.asked -= asked;
+    this.claimed += got;
+    if (asked > 0) this.lastClaimShort = got < asked;
+  }
+
+  private checkDrain(): void {
+    const d = this.drainState;
+    if (!d || !this.started || this.stopping) return;
+    const quiet = this.runs.size === 0 && this.asked === 0;
+    if (d.maxJobs !== undefined && this.claimed >= d.maxJobs && quiet) {
+      this.endDrain('max-jobs');
+      return;
+    }
+    if (d.untilEmpty && !d.gated && quiet && this.lastClaimShort) {
+      this.endDrain('empty');
+      return;
+    }
+    if (d.idleMs !== undefined) {
+      if (this.runs.size > 0) {
+        if (d.idleTimer) clearTimeout(d.idleTimer);
+        d.idleTimer = null;
+      } else {
+        d.idleTimer ??= setTimeout(() => this.endDrain('idle'), d.idleMs);
+      }
+    }
+  }
+
+  private endDrain(reason: DrainReason): void {
+    const d = this.drainState;
+    if (!d) return;
+    if (d.idleTimer) clearTimeout(d.idleTimer);
+    d.idleTimer = null;
+    this.drainState = null;
+    d.resolve(reason);
   }
 
   get isRunning(): boolean {
@@ -110,6 +219,7 @@ export class Worker {
       }
     });
     this.loopDone = this.loop();
+    this.checkDrain();
   }
 
   /**
@@ -122,6 +232,7 @@ export class Worker {
       return { finished: 0, handedBack: 0 };
     }
     this.stopping = true;
+    if (this.drainState?.idleTimer) clearTimeout(this.drainState.idleTimer);
     this.offWork?.();
     if (this.recoverTimer) clearInterval(this.recoverTimer);
     this.poke();
@@ -187,6 +298,7 @@ export class Worker {
               'offload: lease lost; the run is abandoned',
             );
             this.endRun(run);
+            this.checkDrain();
           } else if (state.cancelRequested) run.controller.abort(new JobCanceledError());
         },
         (err) => this.config.logger.warn({ err, jobId: job.id }, 'offload: lease renewal failed'),
@@ -208,7 +320,7 @@ export class Worker {
       // slots in the same turn: wait for the turn to end, then claim them all in one call.
       await new Promise<void>((resolve) => setImmediate(resolve));
       if (this.stopping) break;
-      const free = this.config.concurrency - this.runs.size;
+      const free = this.quota(this.config.concurrency - this.runs.size);
       const tasks = this.claimTasks();
       if (free <= 0 || tasks.length === 0) {
         await this.idle(this.config.pollMs);
@@ -216,6 +328,7 @@ export class Worker {
       }
       this.wakePending = false;
       let leases: Lease[];
+      this.asked += free;
       try {
         leases = await this.broker.claim({
           tasks,
@@ -224,7 +337,9 @@ export class Worker {
           workerId: this.id,
         });
         failures = 0;
+        this.claimAnswered(free, leases.length);
       } catch (err) {
+        this.claimAnswered(free, 0);
         failures++;
         this.config.logger.warn({ err }, 'offload: claim failed; retrying');
         await this.idle(Math.min(this.config.pollMs * 2 ** failures, 30_000));
@@ -232,6 +347,7 @@ export class Worker {
       }
       // Once stop() began, what the claim handed out goes straight back.
       this.adopt(leases);
+      this.checkDrain();
       if (this.stopping) break;
       // Fewer than asked means none is due now (claim hands out up to `limit`): wait for a hint
       // instead of a second claim that finds nothing. A hint that came during the claim is kept.
@@ -295,6 +411,10 @@ export class Worker {
       flushProgress: async () => {},
     };
     this.runs.set(lease.token, run);
+    this.config.logger.debug(
+      { jobId: job.id, task: job.task, attempt: job.attempts },
+      'offload: job started',
+    );
     if (!def) {
       this.closeRun(run);
       this.write(run, { type: 'fail', error: errorOf(new UnknownTaskError(job.task)) });
@@ -412,7 +532,8 @@ export class Worker {
   }
 
   private settle(batch: PendingWrite[]): void {
-    const limit = this.stopping ? 0 : batch.length;
+    const limit = this.stopping ? 0 : this.quota(batch.length);
+    this.asked += limit;
     const runs = batch.map(({ run, outcome }) => ({
       jobId: run.lease.job.id,
       token: run.lease.token,
@@ -421,6 +542,7 @@ export class Worker {
     const next = { tasks: this.claimTasks(), limit, leaseMs: this.config.leaseMs, workerId: this.id };
     this.broker.settle(runs, next).then(
       ({ accepted, leases }) => {
+        this.claimAnswered(limit, leases.length);
         batch.forEach(({ run, info }, i) => {
           if (info) this.logOutcome(run, info, accepted[i] === true);
           // Asked for jobs: the slot is taken again, or none is due (the loop then waits for a
@@ -428,8 +550,10 @@ export class Worker {
           this.endRun(run, true, limit === 0);
         });
         this.adopt(leases);
+        this.checkDrain();
       },
       (err) => {
+        this.claimAnswered(limit, 0);
         for (const { run } of batch) {
           // The lease will expire and the job is retried elsewhere: at-least-once, never lost.
           this.config.logger.error(
@@ -438,6 +562,7 @@ export class Worker {
           );
           this.endRun(run);
         }
+        this.checkDrain();
       },
     );
   }
@@ -454,7 +579,7 @@ export class Worker {
     };
     if (info.outcome === 'failed' || info.outcome === 'retrying')
       this.config.logger.warn(entry, 'offload: job failed');
-    else this.config.logger.debug(entry, 'offload: job finished');
+    else this.config.logger.info(entry, 'offload: job finished');
   }
 
   /** Run leases a write's claim handed out; hand them back when the worker cannot take them now. */

@@ -613,7 +613,16 @@ function isUuid(id: string): boolean {
   return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id);
 }
 
-/** `BROKER_URL=postgres://…` (or `postgresql://`): the URL goes to pg as its connection string. */
+/**
+ * `BROKER_URL=postgres://…` (or `postgresql://`): the URL goes to pg as its connection string,
+ * except `?schema=name` (offload's schema, default `offload`), taken out before pg sees it.
+ */
 export function fromUrl(url: string): PostgresBroker {
-  return new PostgresBroker({ connection: url });
+  const q = url.indexOf('?');
+  const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+  const schema = params.get('schema');
+  if (schema === null) return new PostgresBroker({ connection: url });
+  params.delete('schema');
+  const rest = params.toString();
+  return new PostgresBroker({ connection: url.slice(0, q) + (rest ? `?${rest}` : ''), schema });
 }

@@ -379,8 +379,8 @@ export class RedisBroker implements Broker {
     const subscriber = this.subscriber;
     this.subscriber = null;
     await Promise.all([
-      subscriber?.quit().catch(() => subscriber.disconnect()),
-      this.ownsClient ? this.client.quit().catch(() => this.client.disconnect()) : undefined,
+      subscriber ? hangUp(subscriber) : undefined,
+      this.ownsClient ? hangUp(this.client) : undefined,
     ]);
   }
 
@@ -481,6 +481,39 @@ function toRecord(v: RecordReply): JobRecord {
 }
 
 /** `BROKER_URL=redis://…` (or `rediss://`): the URL goes to ioredis as it is. */
+/**
+ * QUIT a connected client (its replies flushed first); drop one that is not connected at once:
+ * QUIT would wait for a reconnect that may never come (a server that is down).
+ */
+function hangUp(client: Client): Promise<unknown> {
+  if (client.status !== 'ready') {
+    client.disconnect();
+    return Promise.resolve();
+  }
+  return client.quit().catch(() => client.disconnect());
+}
+
+/**
+ * `redis://host:port/db?prefix=p&queue=q`: `prefix` and `queue` are the broker's (see
+ * `RedisBrokerOptions`) and are taken out of the URL; the rest is ioredis's.
+ */
 export function fromUrl(url: string): RedisBroker {
-  return new RedisBroker({ connection: url });
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new ConfigError(`Not a valid Redis URL: ${JSON.stringify(url.replace(/\/\/[^@/]*@/, '//***@'))}.`);
+  }
+  const options: RedisBrokerOptions = {};
+  for (const key of ['prefix', 'queue'] as const) {
+    const value = parsed.searchParams.get(key);
+    if (value === null) continue;
+    if (value === '') throw new ConfigError(`The Redis URL's ${key} parameter is empty.`);
+    options[key] = value;
+    parsed.searchParams.delete(key);
+  }
+  return new RedisBroker({
+    ...options,
+    connection: options.prefix || options.queue ? parsed.toString() : url,
+  });
 }

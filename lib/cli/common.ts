@@ -1,4 +1,4 @@
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 
 /**
  * Exit codes of the `offload` command, the same for every subcommand (documented in the README
@@ -65,7 +65,12 @@ export function parse<O extends Options>(
   positionals = true,
 ): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
-    const { values, positionals: rest } = parseArgs({ args, options, allowPositionals: positionals, strict: true });
+    const { values, positionals: rest } = parseArgs({
+      args,
+      options,
+      allowPositionals: positionals,
+      strict: true,
+    });
     return { values: values as Record<string, string | boolean | undefined>, positionals: rest };
   } catch (err) {
     throw new UsageError(`offload ${command}: ${(err as Error).message}`);
@@ -74,7 +79,12 @@ export function parse<O extends Options>(
 
 /** The broker URL from `--broker`, else `BROKER_URL`; `required` makes its absence a usage error. */
 export function brokerUrl(command: string, flag: string | undefined, io: CliIo, required: true): string;
-export function brokerUrl(command: string, flag: string | undefined, io: CliIo, required: false): string | undefined;
+export function brokerUrl(
+  command: string,
+  flag: string | undefined,
+  io: CliIo,
+  required: false,
+): string | undefined;
 export function brokerUrl(command: string, flag: string | undefined, io: CliIo, required: boolean) {
   const url = flag ?? (io.env.BROKER_URL || undefined);
   if (required && !url) {
@@ -86,11 +96,18 @@ export function brokerUrl(command: string, flag: string | undefined, io: CliIo, 
 }
 
 /** A whole number ≥ min from an option value, or a usage error naming the option. */
-export function intOption(command: string, name: string, value: string | undefined, min: number): number | undefined {
+export function intOption(
+  command: string,
+  name: string,
+  value: string | undefined,
+  min: number,
+): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
   if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) {
-    throw new UsageError(`offload ${command}: --${name} takes a whole number ≥ ${min}; got ${JSON.stringify(value)}.`);
+    throw new UsageError(
+      `offload ${command}: --${name} takes a whole number ≥ ${min}; got ${JSON.stringify(value)}.`,
+    );
   }
   return n;
 }
@@ -100,7 +117,9 @@ export function secondsOption(command: string, name: string, value: string | und
   if (value === undefined) return undefined;
   const n = Number(value);
   if (value.trim() === '' || !Number.isFinite(n) || n < 0) {
-    throw new UsageError(`offload ${command}: --${name} takes seconds (a number ≥ 0); got ${JSON.stringify(value)}.`);
+    throw new UsageError(
+      `offload ${command}: --${name} takes seconds (a number ≥ 0); got ${JSON.stringify(value)}.`,
+    );
   }
   return Math.round(n * 1000);
 }

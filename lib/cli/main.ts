@@ -46,7 +46,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
     return EXIT.usage;
   }
   if (rest.includes('--help') || rest.includes('-h')) {
-    io.out(command.help);
+    io.out(command.helpFor?.(rest) ?? command.help);
     return EXIT.ok;
   }
   try {

@@ -18,15 +18,18 @@ import {
 } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
 import type { BackgroundMethodOptions } from '../../decorators/background.decorator.js';
+import type { ScheduleMetadata } from '../../decorators/schedule.decorator.js';
 import { ConfigError, PayloadTooLargeError } from '../errors.js';
 import { fromBodyParserError } from '../http/body.js';
-import { createJobAcceptor, readSubmitPreferences } from '../http/submit.js';
+import { createJobAcceptor, readSubmitPreferences, stringifyPayload } from '../http/submit.js';
+import type { Json } from '../job.js';
 import { consoleLogger, type Logger } from '../logger.js';
 import { Offload } from '../offload.js';
 import type { OffloadRequest } from '../options.js';
+import { defineSchedule, type ScheduleDefinition } from '../schedule.js';
 import { defineTask, type TaskDefinition } from '../task.js';
 import { BackgroundMethod } from './background-method.js';
-import { BACKGROUND_METADATA, ROUTE_RESPONSE_METADATA } from './nest.constants.js';
+import { BACKGROUND_METADATA, ROUTE_RESPONSE_METADATA, SCHEDULE_METADATA } from './nest.constants.js';
 import { OffloadProblemFilter } from './problem.filter.js';
 
 const ORIGINAL = Symbol('offload.original');
@@ -102,6 +105,8 @@ interface Found {
   method: BackgroundMethod;
   host: InstanceWrapper;
   def: TaskDefinition;
+  /** Its `@Schedule()`s: their args are checked against the parameter types before they tick. */
+  schedules: { cron: string; def: ScheduleDefinition }[];
 }
 
 /**
@@ -139,7 +144,16 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
         const original = originalOf(proto[methodName]);
         const options: BackgroundMethodOptions | undefined =
           original && Reflect.getMetadata(BACKGROUND_METADATA, original);
-        if (!original || !options) continue;
+        const scheduled: ScheduleMetadata[] =
+          (original && Reflect.getMetadata(SCHEDULE_METADATA, original)) ?? [];
+        if (!original || !options) {
+          if (scheduled.length > 0) {
+            throw new ConfigError(
+              `${metatype.name}.${methodName}: @Schedule() needs @Background() on the same method.`,
+            );
+          }
+          continue;
+        }
         const method = new BackgroundMethod(metatype, methodName, original, options, warn);
         let instance: unknown;
         const def = defineTask(
@@ -153,8 +167,13 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
         );
         def.validator = method.validator;
         core.addTask(def);
+        const schedules = scheduled.map((entry) => ({
+          cron: entry.cron,
+          def: scheduleFor(method, entry, core.config.maxPayloadBytes),
+        }));
+        for (const schedule of schedules) core.addSchedule(schedule.def);
         if (method.isRoute) installRoute(method, original);
-        this.found.push({ method, host, def });
+        this.found.push({ method, host, def, schedules });
       }
     }
   }
@@ -196,13 +215,59 @@ export class BackgroundExplorer implements OnModuleInit, OnApplicationBootstrap,
     }
   }
 
-  onApplicationBootstrap(): void {
+  async onApplicationBootstrap(): Promise<void> {
+    // A schedule whose args the method refuses would fail at every tick: refuse it at start-up.
+    for (const { method, schedules } of this.found) {
+      for (const { cron, def } of schedules) {
+        const { errors } = await method.validator.check(def.payload);
+        if (!errors) continue;
+        const detail = errors.map((e) => `${e.field || 'args'}: ${e.messages.join(', ')}`).join('; ');
+        throw new ConfigError(
+          `${method.label}: the args of @Schedule(${JSON.stringify(cron)}) are invalid: ${detail}.`,
+        );
+      }
+    }
     this.core.start();
   }
 
   async onModuleDestroy(): Promise<void> {
     await this.core.close();
   }
+}
+
+const SCHEDULE_METHOD_KEYS = new Set(['args', 'timezone', 'missed', 'name']);
+
+/** The schedule one `@Schedule()` declares: the method's task, its args as the payload. */
+function scheduleFor(
+  method: BackgroundMethod,
+  entry: ScheduleMetadata,
+  maxPayloadBytes: number,
+): ScheduleDefinition {
+  const where = `${method.label}: @Schedule(${JSON.stringify(entry.cron)})`;
+  const options = entry.options ?? {};
+  for (const key of Object.keys(options)) {
+    if (!SCHEDULE_METHOD_KEYS.has(key)) {
+      const hint = key === 'payload' ? ' (the method\'s arguments go in "args", an array)' : '';
+      throw new ConfigError(`${where}: unknown option "${key}"${hint}.`);
+    }
+  }
+  const { args = [], timezone, missed, name } = options;
+  if (!Array.isArray(args)) {
+    throw new ConfigError(`${where}: args must be an array of the method's arguments, in order.`);
+  }
+  let payload: Json;
+  try {
+    // DTO instances become their fields, as OffloadService.enqueue stores them.
+    payload = JSON.parse(stringifyPayload(args)) as Json;
+  } catch (err) {
+    throw new ConfigError(`${where}: args must be JSON-serialisable: ${(err as Error).message}`);
+  }
+  return defineSchedule(
+    name ?? method.taskName,
+    entry.cron,
+    { task: method.taskName, payload, timezone, missed },
+    maxPayloadBytes,
+  );
 }
 
 /**

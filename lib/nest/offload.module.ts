@@ -19,6 +19,7 @@ import type { OffloadOptions } from '../options.js';
 import { BackgroundExplorer } from './background.explorer.js';
 import { createJobsController } from './jobs.controller.js';
 import { OFFLOAD_MODULE_OPTIONS } from './nest.constants.js';
+import { nestLogger } from './nest-logger.js';
 import { OffloadService } from './offload.service.js';
 
 type Guard = CanActivate | Type<CanActivate>;
@@ -131,7 +132,12 @@ function build(
             );
           }
           // The worker waits for onApplicationBootstrap: jobs must not run before the app is up.
-          const core = new Offload(options, { autoStart: false });
+          // Nest's Logger unless the app passed a logger of its own.
+          const given =
+            options && typeof options === 'object'
+              ? { ...options, logger: options.logger ?? nestLogger() }
+              : options;
+          const core = new Offload(given, { autoStart: false });
           logger = core.config.logger;
           controller.mountAt(core.config.basePath);
           return core;

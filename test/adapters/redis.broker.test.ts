@@ -1,7 +1,8 @@
+import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
-import { RedisBroker } from '../../adapters/redis/redis.broker.js';
+import { fromUrl, RedisBroker } from '../../adapters/redis/redis.broker.js';
 import { brokerConformance } from '../conformance/broker.conformance.js';
 import { deletePrefix as deleteKeys } from '../helpers/redis-server.js';
 
@@ -24,3 +25,45 @@ brokerConformance(
   },
   { cleanup: (broker) => deletePrefix(prefixes.get(broker as RedisBroker)!) },
 );
+
+describe('fromUrl (BROKER_URL=redis://…)', () => {
+  it('takes prefix and queue from the URL, and hands ioredis the rest', async () => {
+    const prefix = `offload-url-${randomUUID().slice(0, 8)}`;
+    const broker = fromUrl(`${REDIS_URL}/0?prefix=${prefix}&queue=mail`);
+    try {
+      const { job } = await broker.enqueue({
+        task: 't',
+        payload: {},
+        owner: null,
+        maxAttempts: 1,
+        expireAt: null,
+        timeoutMs: null,
+        idempotencyKey: null,
+        payloadHash: null,
+        maxQueued: null,
+      });
+      const keys = await admin.keys(`${prefix}:*`);
+      assert.ok(keys.length > 0, 'keys under the prefix');
+      assert.ok(
+        keys.every((k) => k.startsWith(`${prefix}:{mail}:`)),
+        keys.join(', '),
+      );
+      assert.equal((await broker.get(job.id))?.task, 't');
+    } finally {
+      await broker.close();
+      await deletePrefix(prefix);
+    }
+  });
+
+  it('refuses an empty prefix or a URL it cannot parse', () => {
+    assert.throws(() => fromUrl(`${REDIS_URL}?prefix=`), /prefix parameter is empty/);
+    assert.throws(
+      () => fromUrl('redis://user:secret@[bad'),
+      (err: Error) => {
+        assert.match(err.message, /Not a valid Redis URL/);
+        assert.doesNotMatch(err.message, /secret/);
+        return true;
+      },
+    );
+  });
+});

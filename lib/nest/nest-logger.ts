@@ -1,0 +1,28 @@
+import { Logger as NestLogger } from '@nestjs/common';
+import { IMPLICIT_LOGGER, type Logger } from '../logger.js';
+
+/**
+ * offload's logger in a Nest app that passes none: Nest's `Logger` (context `offload`), so job
+ * lines follow the app's `useLogger()` and log levels. Fields go after the message as key=value
+ * (Nest's console logger prints one message per line); pass `logger` to `OffloadModule` for a
+ * structured logger such as pino.
+ */
+export function nestLogger(context = 'offload'): Logger {
+  const nest = new NestLogger(context);
+  const line = (fields: object, message: string) => {
+    const pairs = Object.entries(fields)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => {
+        const value = v instanceof Error ? v.message : v;
+        return `${k}=${typeof value === 'string' && !/\s|"/.test(value) ? value : JSON.stringify(value)}`;
+      });
+    return pairs.length ? `${message} ${pairs.join(' ')}` : message;
+  };
+  return {
+    debug: (fields, message) => nest.debug(line(fields, message)),
+    info: (fields, message) => nest.log(line(fields, message)),
+    warn: (fields, message) => nest.warn(line(fields, message)),
+    error: (fields, message) => nest.error(line(fields, message)),
+    [IMPLICIT_LOGGER]: true,
+  } as Logger;
+}
