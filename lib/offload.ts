@@ -21,7 +21,25 @@ export interface EnqueueOptions {
  * Set by the CLI while it loads an app's entry module (see `holdInstances`): the instances made
  * meanwhile never start a worker or a purge timer; the CLI runs their tasks itself.
  */
-let holding = false;
+const HOLD = Symbol.for('offload.holdInstances');
+const holdState = globalThis as { [HOLD]?: boolean };
+
+/**
+ * Marks offload cores, whatever copy of the package made them: a CLI installed globally loads
+ * an app whose `offload` is its own copy, where `instanceof` fails (and the hold flag above is
+ * on `globalThis` for the same reason).
+ */
+export const OFFLOAD_CORE: unique symbol = Symbol.for('offload.core');
+
+/** An offload core, from this copy of the package or another. */
+export function isOffloadCore(value: unknown): value is Offload {
+  return (
+    value instanceof Offload ||
+    (typeof value === 'object' &&
+      value !== null &&
+      (value as { [OFFLOAD_CORE]?: unknown })[OFFLOAD_CORE] === true)
+  );
+}
 
 /**
  * @internal While `on`, new `Offload` instances are held: `start()` does nothing and no purge
@@ -29,7 +47,7 @@ let holding = false;
  * its own (its broker and worker options).
  */
 export function holdInstances(on: boolean): void {
-  holding = on;
+  holdState[HOLD] = on;
 }
 
 /**
@@ -56,6 +74,7 @@ export class Offload {
   readonly options: Readonly<OffloadOptions>;
   /** Made while the CLI held instances: never starts a worker or purges. */
   readonly held: boolean;
+  readonly [OFFLOAD_CORE] = true;
 
   /**
    * Whether `task()` starts the worker; the Nest module holds it until the app is ready, then
@@ -67,7 +86,7 @@ export class Offload {
   constructor(options: OffloadOptions = {}, internal: { autoStart?: boolean } = {}) {
     this.config = parseOptions(options);
     this.options = options;
-    this.held = holding;
+    this.held = holdState[HOLD] === true;
     this.autoStart = internal.autoStart !== false;
     this.broker = resolveBroker(this.config.broker);
     this.ownsBroker = typeof this.config.broker === 'string';

@@ -50,6 +50,8 @@ interface Drain extends DrainOptions {
   idleTimer: NodeJS.Timeout | null;
   /** `notBefore` has not settled: the queue is not called empty yet. */
   gated: boolean;
+  /** Resolved; kept so that `maxJobs` still bounds claims. */
+  done: boolean;
 }
 
 /** What the log line of a finished run says. */
@@ -109,6 +111,10 @@ export class Worker {
   private asked = 0;
   /** The last claim answered came back short: no job was due then. */
   private lastClaimShort = false;
+  /** A claim has been answered: idle time counts from then. */
+  private answeredOnce = false;
+  /** Bumped when a drain's `notBefore` settles: answers to claims sent before it do not count. */
+  private gateEpoch = 0;
   private drainState: Drain | null = null;
 
   constructor(
@@ -128,13 +134,14 @@ export class Worker {
 
   /**
    * Resolve when the worker has drained (see `DrainOptions`); the caller then stops it. Call
-   * before `start()`: `maxJobs` bounds every claim from the first.
+   * before `start()`: `maxJobs` bounds every claim from the first, and keeps bounding them after
+   * the drain resolved.
    */
   drain(options: DrainOptions): Promise<DrainReason> {
     if (this.drainState) throw new Error('drain() was already called on this worker.');
     return new Promise((resolve) => {
       const gate = options.notBefore;
-      this.drainState = { ...options, resolve, idleTimer: null, gated: gate !== undefined };
+      this.drainState = { ...options, resolve, idleTimer: null, gated: gate !== undefined, done: false };
       gate?.then(
         () => this.openDrainGate(),
         () => this.openDrainGate(),
@@ -143,11 +150,15 @@ export class Worker {
     });
   }
 
-  /** `notBefore` settled: a claim made before it proves nothing, so claim again, then decide. */
+  /**
+   * `notBefore` settled: a claim sent before now may have missed what it waited for, so only
+   * the answers of claims sent from now on can call the queue empty (`claimSent`).
+   */
   private openDrainGate(): void {
     const d = this.drainState;
     if (!d) return;
     d.gated = false;
+    this.gateEpoch++;
     this.lastClaimShort = false;
     this.poke();
   }
@@ -158,16 +169,28 @@ export class Worker {
     return max === undefined ? free : Math.max(0, Math.min(free, max - this.claimed - this.asked));
   }
 
-  /** Count a claim's answer, then see whether the drain is over. */
-  private claimAnswered(asked: number, got: number): void {
-    this.asked -= asked;
+  /** A claim (or a settle's claim) asking for `asked` jobs goes out; returns what its answer needs. */
+  private claimSent(asked: number): { asked: number; epoch: number } {
+    this.asked += asked;
+    return { asked, epoch: this.gateEpoch };
+  }
+
+  /**
+   * Count a claim's answer. A short answer means no job was due when it was read, which ends an
+   * `untilEmpty` drain; a failed call proves nothing, nor does a claim sent before the drain's
+   * gate opened.
+   */
+  private claimAnswered(sent: { asked: number; epoch: number }, got: number | null): void {
+    this.asked -= sent.asked;
+    if (got === null) return;
     this.claimed += got;
-    if (asked > 0) this.lastClaimShort = got < asked;
+    if (sent.asked > 0 && sent.epoch === this.gateEpoch) this.lastClaimShort = got < sent.asked;
+    this.answeredOnce = true;
   }
 
   private checkDrain(): void {
     const d = this.drainState;
-    if (!d || !this.started || this.stopping) return;
+    if (!d || d.done || !this.started || this.stopping) return;
     const quiet = this.runs.size === 0 && this.asked === 0;
     if (d.maxJobs !== undefined && this.claimed >= d.maxJobs && quiet) {
       this.endDrain('max-jobs');
@@ -181,7 +204,8 @@ export class Worker {
       if (this.runs.size > 0) {
         if (d.idleTimer) clearTimeout(d.idleTimer);
         d.idleTimer = null;
-      } else {
+      } else if (this.answeredOnce) {
+        // Idle from the first answer on: a slow first claim is not idleness.
         d.idleTimer ??= setTimeout(() => this.endDrain('idle'), d.idleMs);
       }
     }
@@ -189,10 +213,11 @@ export class Worker {
 
   private endDrain(reason: DrainReason): void {
     const d = this.drainState;
-    if (!d) return;
+    if (!d || d.done) return;
     if (d.idleTimer) clearTimeout(d.idleTimer);
     d.idleTimer = null;
-    this.drainState = null;
+    // Kept (done): `maxJobs` still bounds claims until the caller stops the worker.
+    d.done = true;
     d.resolve(reason);
   }
 
@@ -328,7 +353,7 @@ export class Worker {
       }
       this.wakePending = false;
       let leases: Lease[];
-      this.asked += free;
+      const sent = this.claimSent(free);
       try {
         leases = await this.broker.claim({
           tasks,
@@ -337,9 +362,9 @@ export class Worker {
           workerId: this.id,
         });
         failures = 0;
-        this.claimAnswered(free, leases.length);
+        this.claimAnswered(sent, leases.length);
       } catch (err) {
-        this.claimAnswered(free, 0);
+        this.claimAnswered(sent, null);
         failures++;
         this.config.logger.warn({ err }, 'offload: claim failed; retrying');
         await this.idle(Math.min(this.config.pollMs * 2 ** failures, 30_000));
@@ -533,7 +558,7 @@ export class Worker {
 
   private settle(batch: PendingWrite[]): void {
     const limit = this.stopping ? 0 : this.quota(batch.length);
-    this.asked += limit;
+    const sent = this.claimSent(limit);
     const runs = batch.map(({ run, outcome }) => ({
       jobId: run.lease.job.id,
       token: run.lease.token,
@@ -542,7 +567,7 @@ export class Worker {
     const next = { tasks: this.claimTasks(), limit, leaseMs: this.config.leaseMs, workerId: this.id };
     this.broker.settle(runs, next).then(
       ({ accepted, leases }) => {
-        this.claimAnswered(limit, leases.length);
+        this.claimAnswered(sent, leases.length);
         batch.forEach(({ run, info }, i) => {
           if (info) this.logOutcome(run, info, accepted[i] === true);
           // Asked for jobs: the slot is taken again, or none is due (the loop then waits for a
@@ -553,7 +578,7 @@ export class Worker {
         this.checkDrain();
       },
       (err) => {
-        this.claimAnswered(limit, 0);
+        this.claimAnswered(sent, null);
         for (const { run } of batch) {
           // The lease will expire and the job is retried elsewhere: at-least-once, never lost.
           this.config.logger.error(
@@ -775,7 +800,8 @@ class LazyAbortController {
   }
 }
 
-function toJsonResult(result: unknown): Json {
+/** A handler's return value as the JSON the broker stores (`undefined` is `null`). */
+export function toJsonResult(result: unknown): Json {
   if (result === undefined) return null;
   return JSON.parse(JSON.stringify(result)) as Json;
 }

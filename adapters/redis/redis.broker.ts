@@ -480,7 +480,6 @@ function toRecord(v: RecordReply): JobRecord {
   };
 }
 
-/** `BROKER_URL=redis://…` (or `rediss://`): the URL goes to ioredis as it is. */
 /**
  * QUIT a connected client (its replies flushed first); drop one that is not connected at once:
  * QUIT would wait for a reconnect that may never come (a server that is down).
@@ -494,7 +493,7 @@ function hangUp(client: Client): Promise<unknown> {
 }
 
 /**
- * `redis://host:port/db?prefix=p&queue=q`: `prefix` and `queue` are the broker's (see
+ * `BROKER_URL=redis://host:port/db?prefix=p&queue=q` (or `rediss://`): `prefix` and `queue` are the broker's (see
  * `RedisBrokerOptions`) and are taken out of the URL; the rest is ioredis's.
  */
 export function fromUrl(url: string): RedisBroker {

@@ -23,6 +23,8 @@ export interface CliIo {
   err(text: string): void;
   /** stdout is a terminal: progress bars and colour-free tables with padding. */
   readonly isTTY: boolean;
+  /** stderr is a terminal (where `offload run` draws its progress bar); `isTTY` when not given. */
+  readonly errIsTTY?: boolean;
   readonly env: NodeJS.ProcessEnv;
 }
 
@@ -31,6 +33,9 @@ export const processIo: CliIo = {
   err: (text) => process.stderr.write(text),
   get isTTY() {
     return process.stdout.isTTY === true;
+  },
+  get errIsTTY() {
+    return process.stderr.isTTY === true;
   },
   env: process.env,
 };

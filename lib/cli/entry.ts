@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { requireDriver } from '../broker-url.js';
-import { holdInstances, Offload } from '../offload.js';
+import { holdInstances, isOffloadCore, Offload } from '../offload.js';
 import { CliError, EXIT, UsageError } from './common.js';
 
 /** The app an entry module describes: its offload core (held: it runs nothing itself). */
@@ -52,8 +52,10 @@ export async function loadEntry(command: string, path: string, exportName?: stri
     }
   } else {
     found = [...candidates].filter(([, value]) => kindOf(value) !== null);
-    // The same object exported twice (`export default jobs; export { jobs }`) is one app.
-    found = found.filter(([, v], i) => found.findIndex(([, w]) => w === v) === i);
+    // One app exported twice (`export default jobs; export { jobs }`, or the middleware and its
+    // `.core`) is one app: the same core.
+    const coreOf = (v: unknown) => (kindOf(v) === 'express' ? (v as { core: unknown }).core : v);
+    found = found.filter(([, v], i) => found.findIndex(([, w]) => coreOf(w) === coreOf(v)) === i);
     if (found.length === 0) {
       throw new UsageError(
         `offload ${command}: ${path} exports no offload app. Export the Offload instance, the offload() middleware ` +
@@ -73,34 +75,39 @@ export async function loadEntry(command: string, path: string, exportName?: stri
   return bootNest(command, value as NestRoot);
 }
 
-/** Named exports, with a CommonJS module's `module.exports` properties (import() puts them on default). */
+/**
+ * Named exports, with a CommonJS module's `module.exports` properties: `import()` puts that
+ * object on `default`, and for a module compiled from ES syntax (`__esModule`) its own
+ * `default` is the module's default export.
+ */
 function exportsOf(mod: Record<string, unknown>): Map<string, unknown> {
   const out = new Map<string, unknown>();
   for (const [key, value] of Object.entries(mod)) out.set(key, value);
-  const def = mod.default;
-  if (def && typeof def === 'object' && !isOffload(def)) {
-    for (const [key, value] of Object.entries(def)) if (!out.has(key)) out.set(key, value);
+  const def = mod.default as Record<string, unknown> | undefined;
+  if (def && typeof def === 'object' && !isOffloadCore(def)) {
+    if (def.__esModule === true) out.set('default', def.default);
+    for (const [key, value] of Object.entries(def)) {
+      if (key !== '__esModule' && !out.has(key)) out.set(key, value);
+    }
   }
   return out;
 }
 
-function isOffload(value: unknown): value is Offload {
-  return value instanceof Offload;
-}
+const DYNAMIC_MODULE_KEYS = new Set([...MODULE_KEYS, 'module', 'global']);
 
 function kindOf(value: unknown): LoadedApp['kind'] | null {
-  if (isOffload(value)) return 'offload';
-  // A dynamic module (`AppModule.forRoot(...)`'s result): { module, imports?, providers?, ... }.
+  if (isOffloadCore(value)) return 'offload';
+  // A dynamic module (`AppModule.forRoot(...)`'s result): { module, imports?, providers?, global?, ... }.
   if (
     value &&
     typeof value === 'object' &&
     typeof (value as { module?: unknown }).module === 'function' &&
-    MODULE_KEYS.some((k) => Array.isArray((value as Record<string, unknown>)[k]))
+    Object.keys(value).every((k) => DYNAMIC_MODULE_KEYS.has(k))
   ) {
     return 'nest';
   }
   if (typeof value === 'function') {
-    if (isOffload((value as { core?: unknown }).core)) return 'express';
+    if (isOffloadCore((value as { core?: unknown }).core)) return 'express';
     const reflect = Reflect as unknown as { getMetadataKeys?: (target: object) => unknown[] };
     const keys = reflect.getMetadataKeys?.(value) ?? [];
     if (keys.some((k) => typeof k === 'string' && MODULE_KEYS.includes(k))) return 'nest';

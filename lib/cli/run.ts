@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { JobCanceledError, JobTimeoutError } from '../errors.js';
 import type { JobProgress, Json } from '../job.js';
 import type { Job, TaskDefinition } from '../task.js';
-import { errorOf } from '../worker.js';
+import { errorOf, toJsonResult } from '../worker.js';
 import type { Command } from './command.js';
 import { type CliIo, EXIT, parse, UsageError } from './common.js';
 import { loadEntry } from './entry.js';
@@ -138,6 +138,7 @@ async function runDirect(def: TaskDefinition, payload: unknown, io: CliIo, json:
   process.on('SIGTERM', onSignal);
   let timer: NodeJS.Timeout | undefined;
   const started = Date.now();
+  if (!json) io.err(`offload run: ${def.name} started (job ${job.id})\n`);
   try {
     const work = Promise.resolve().then(() => def.handler(payload, job));
     const outcomes: Promise<unknown>[] = [work];
@@ -154,7 +155,7 @@ async function runDirect(def: TaskDefinition, payload: unknown, io: CliIo, json:
     }
     const result = await Promise.race(outcomes);
     progress.end();
-    const value = result === undefined ? null : (JSON.parse(JSON.stringify(result)) as Json);
+    const value = toJsonResult(result);
     const durationMs = Date.now() - started;
     if (interrupted) {
       io.err(
@@ -192,7 +193,7 @@ async function runDirect(def: TaskDefinition, payload: unknown, io: CliIo, json:
  * value always drawn); otherwise a plain line per change of percent or message.
  */
 function progressPrinter(io: CliIo) {
-  const tty = io.isTTY;
+  const tty = io.errIsTTY ?? io.isTTY;
   let drawn = false;
   let last = '';
   let pending: JobProgress | null = null;

@@ -81,6 +81,7 @@ async function runWorker(args: string[], io: CliIo): Promise<number> {
   const concurrency = intOption('worker', 'concurrency', values.concurrency as string | undefined, 1);
   const maxJobs = intOption('worker', 'max-jobs', values['max-jobs'] as string | undefined, 1);
   const idleMs = secondsOption('worker', 'idle-exit', values['idle-exit'] as string | undefined);
+  if (idleMs === 0) throw new UsageError('offload worker: --idle-exit takes seconds > 0.');
   const graceMs = secondsOption('worker', 'grace', values.grace as string | undefined);
   const tasks =
     values.tasks === undefined
@@ -94,6 +95,7 @@ async function runWorker(args: string[], io: CliIo): Promise<number> {
 
   const app = await loadEntry('worker', positionals[0]!, values.export as string | undefined);
   let core: Offload | null = null;
+  let signal: ReturnType<typeof onceSignal> | null = null;
   try {
     const given = app.core.options;
     // The app's own logger when it passed one; else the CLI's (on stderr, --log/--quiet/--verbose).
@@ -139,7 +141,7 @@ async function runWorker(args: string[], io: CliIo): Promise<number> {
     });
     const draining =
       Object.keys(drain).length > 0 ? core.worker!.drain({ ...drain, notBefore: startUp }) : null;
-    const signal = onceSignal();
+    signal = onceSignal();
     core.start();
     // A schedule's missed tick enqueued at start counts as work for --until-empty.
     void core.schedulesSettled().then(startedUp);
@@ -162,7 +164,6 @@ async function runWorker(args: string[], io: CliIo): Promise<number> {
       `offload worker: stopping (${explain(why)})`,
     );
     const report = await core.close();
-    signal.dispose();
     logger.info(
       {
         reason: why,
@@ -174,6 +175,7 @@ async function runWorker(args: string[], io: CliIo): Promise<number> {
     );
     return EXIT.ok;
   } finally {
+    signal?.dispose();
     await core?.close();
     await app.close();
   }

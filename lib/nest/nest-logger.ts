@@ -3,7 +3,8 @@ import { IMPLICIT_LOGGER, type Logger } from '../logger.js';
 
 /**
  * offload's logger in a Nest app that passes none: Nest's `Logger` (context `offload`), so job
- * lines follow the app's `useLogger()` and log levels. Fields go after the message as key=value
+ * lines follow the app's `useLogger()` and log levels: a finished job at `log`, a failed one at
+ * `warn`, a job's start at `verbose`. Fields go after the message as key=value
  * (Nest's console logger prints one message per line); pass `logger` to `OffloadModule` for a
  * structured logger such as pino.
  */
@@ -19,7 +20,8 @@ export function nestLogger(context = 'offload'): Logger {
     return pairs.length ? `${message} ${pairs.join(' ')}` : message;
   };
   return {
-    debug: (fields, message) => nest.debug(line(fields, message)),
+    // Nest's lowest level: a job's start line is the chattiest offload writes.
+    debug: (fields, message) => nest.verbose(line(fields, message)),
     info: (fields, message) => nest.log(line(fields, message)),
     warn: (fields, message) => nest.warn(line(fields, message)),
     error: (fields, message) => nest.error(line(fields, message)),
