@@ -54,7 +54,9 @@ export function requireDriver<T = unknown>(pkg: string, feature: string): T {
   }
 }
 
-/** Hide credentials before a URL goes into an error message. */
+/** Hide credentials before a URL goes into a message: `user:pass@`, and password-like query parameters. */
 export function redact(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//***@');
+  return url
+    .replace(/\/\/[^@/]*@/, '//***@')
+    .replace(/([?&](?:password|pass|pwd|passwd|sslpassword|token|secret)=)[^&#]*/gi, '$1***');
 }

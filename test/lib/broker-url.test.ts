@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemoryBroker } from '../../adapters/memory/memory.broker.js';
 import { RedisBroker } from '../../adapters/redis/redis.broker.js';
-import { requireDriver, resolveBroker } from '../../lib/broker-url.js';
+import { redact, requireDriver, resolveBroker } from '../../lib/broker-url.js';
 import { ConfigError, MissingDriverError } from '../../lib/errors.js';
 
 describe('resolveBroker', () => {
@@ -66,5 +66,17 @@ describe('requireDriver', () => {
   it('loads an installed package', () => {
     const mod = requireDriver<{ validate: unknown }>('class-validator', 'validation');
     assert.equal(typeof mod.validate, 'function');
+  });
+});
+
+describe('redact', () => {
+  it('hides the credentials of a URL, in its authority and its query', () => {
+    assert.equal(redact('postgres://app:s3cret@db:5432/app'), 'postgres://***@db:5432/app');
+    assert.equal(
+      redact('postgres://db/app?user=app&password=s3cret&schema=jobs'),
+      'postgres://db/app?user=app&password=***&schema=jobs',
+    );
+    assert.equal(redact('rediss://cache:6380?Token=abc#x'), 'rediss://cache:6380?Token=***#x');
+    assert.equal(redact('sqlite:./offload.db'), 'sqlite:./offload.db');
   });
 });
