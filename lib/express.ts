@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import { PayloadTooLargeError } from './errors.js';
 import { fromBodyParserError } from './http/body.js';
+import { createDashboardHandler, type DashboardHandler, type DashboardOptions } from './http/dashboard.js';
 import { createJobRoutes, type Next } from './http/job-routes.js';
 import { createSubmitHandler, type PayloadExtractor } from './http/submit.js';
 import { Offload } from './offload.js';
@@ -47,6 +48,13 @@ export interface OffloadMiddleware {
    * turns its parse and size errors into problem+json. Mount after your routes.
    */
   errorHandler(): (err: unknown, req: OffloadRequest, res: ServerResponse, next: Next) => void;
+  /**
+   * The jobs dashboard: every owner's jobs, live progress, counts per status, a detail view,
+   * cancel and retry. It does **no authentication or authorization of its own**: mount it
+   * behind the app's admin check, under a path of its own:
+   * `app.use('/admin/jobs', requireAdmin, jobs.dashboard())`.
+   */
+  dashboard(options?: DashboardOptions): DashboardHandler;
   /** Stop the worker gracefully and close the broker. */
   close(): ReturnType<Offload['close']>;
 }
@@ -87,6 +95,8 @@ export function offload(options: OffloadOptions = {}): OffloadMiddleware {
         sendProblem(res, toProblem(mapped, core.config.logger), headers);
       } else next(err);
     };
+
+  middleware.dashboard = (opts) => createDashboardHandler(core, opts);
 
   middleware.close = () => core.close();
   return middleware;

@@ -35,6 +35,12 @@ export {
   WorkerStoppingError,
 } from './errors.js';
 export { type BackgroundOptions, type OffloadHandler, type OffloadMiddleware, offload } from './express.js';
+export type {
+  DashboardHandler,
+  DashboardJob,
+  DashboardJobDetail,
+  DashboardOptions,
+} from './http/dashboard.js';
 export {
   isJobId,
   isTerminal,

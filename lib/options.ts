@@ -199,7 +199,7 @@ export function parseOptions(options: OffloadOptions = {}): ResolvedConfig {
 /** The request shape offload reads: Node's, plus what body parsers and routers add. */
 export type OffloadRequest = IncomingMessage & {
   body?: any;
-  params?: Record<string, string>;
+  params?: Record<string, string | string[]>;
   query?: any;
   originalUrl?: string;
 };

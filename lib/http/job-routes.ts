@@ -4,7 +4,13 @@ import { isJobId, isTerminal, JOB_STATUSES, type JobStatus, toStatusDocument } f
 import type { Offload } from '../offload.js';
 import type { OffloadRequest } from '../options.js';
 import { sendJson, sendProblem, toProblem } from '../problem.js';
-import { streamJobEvents } from './sse.js';
+import {
+  multiStreamPlan,
+  parseWantedJobs,
+  SSE_HEADERS,
+  streamJobEvents,
+  streamManyJobEvents,
+} from './sse.js';
 
 export type Next = (err?: unknown) => void;
 
@@ -30,6 +36,8 @@ export interface JobRouteHandlers {
   status(req: OffloadRequest, res: ServerResponse, id: string): void;
   /** `GET <base>/:id/events` (and HEAD). */
   events(req: OffloadRequest, res: ServerResponse, id: string): void;
+  /** `GET <base>/events?ids=<id>[:<seq>],…` (and HEAD): several jobs on one stream. */
+  manyEvents(req: OffloadRequest, res: ServerResponse, query: string): void;
   /** `DELETE <base>/:id`. */
   cancel(req: OffloadRequest, res: ServerResponse, id: string): void;
   /** 405 with `Allow`. */
@@ -71,14 +79,21 @@ export function createJobRouteHandlers(core: Offload): JobRouteHandlers {
   async function events(req: OffloadRequest, res: ServerResponse, id: string): Promise<void> {
     const job = await readable(req, id);
     if (req.method === 'HEAD') {
-      res.writeHead(200, {
-        'Content-Type': 'text/event-stream; charset=utf-8',
-        'Cache-Control': 'no-cache, no-transform',
-      });
+      res.writeHead(200, SSE_HEADERS);
       res.end();
       return;
     }
     return streamJobEvents(core, req, res, job);
+  }
+
+  async function manyEvents(req: OffloadRequest, res: ServerResponse, query: string): Promise<void> {
+    const wanted = parseWantedJobs(query);
+    const owner = await ownerOf(core, req);
+    const jobs = await Promise.all(wanted.map((w) => core.get(w.id, owner)));
+    const plan = multiStreamPlan(req, wanted, jobs);
+    // Every job unknown, purged or someone else's looks the same as the single route: a 404.
+    if (plan.noneVisible) throw new JobNotFoundError();
+    return streamManyJobEvents(core, res, plan, req.method === 'HEAD');
   }
 
   async function cancel(req: OffloadRequest, res: ServerResponse, id: string): Promise<void> {
@@ -123,6 +138,7 @@ export function createJobRouteHandlers(core: Offload): JobRouteHandlers {
     list: guard(list),
     status: guard(status),
     events: guard(events),
+    manyEvents: guard(manyEvents),
     cancel: guard(cancel),
     methodNotAllowed: (res, allow) => fail(res, new MethodNotAllowedError(allow)),
     notFound: (res) => fail(res, new JobNotFoundError()),
@@ -147,7 +163,11 @@ export function createJobRoutes(core: Offload) {
     const parts = path.split('/');
     // parts[0] is '' (path starts with '/'); then id, then optionally 'events'.
     const id = parts[1]!;
-    if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) routes.notFound(res);
+    if (path === '/events') {
+      // No job id is 'events' (ids are UUIDs): the multi-job stream.
+      if (method === 'GET') routes.manyEvents(req, res, query);
+      else routes.methodNotAllowed(res, 'GET');
+    } else if (parts.length > 3 || (parts.length === 3 && parts[2] !== 'events')) routes.notFound(res);
     else if (parts.length === 3) {
       if (method === 'GET') routes.events(req, res, id);
       else routes.methodNotAllowed(res, 'GET');

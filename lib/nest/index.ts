@@ -4,6 +4,7 @@ export { JobContext } from '../../decorators/job-context.decorator.js';
 export { Schedule, type ScheduleMethodOptions } from '../../decorators/schedule.decorator.js';
 export type { Job } from '../task.js';
 export { backgroundTaskName } from './background.explorer.js';
+export type { OffloadDashboardOptions } from './dashboard.controller.js';
 export {
   OffloadModule,
   type OffloadModuleAsyncOptions,

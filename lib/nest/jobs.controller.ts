@@ -55,6 +55,17 @@ export function createJobsController(
       this.routes.list(req, res, queryOf(req));
     }
 
+    // Before ':id': Nest registers routes in declaration order, and 'events' would match ':id'.
+    @Get('events')
+    manyEvents(@Req() req: OffloadRequest, @Res() res: ServerResponse): void {
+      this.routes.manyEvents(req, res, queryOf(req));
+    }
+
+    @All('events')
+    manyEventsOnly(@Res() res: ServerResponse): void {
+      this.routes.methodNotAllowed(res, 'GET');
+    }
+
     @Get(':id')
     status(@Req() req: OffloadRequest, @Res() res: ServerResponse, @Param('id') id: string): void {
       this.routes.status(req, res, id);

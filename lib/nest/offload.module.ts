@@ -17,6 +17,12 @@ import { consoleLogger, type Logger } from '../logger.js';
 import { Offload } from '../offload.js';
 import type { OffloadOptions } from '../options.js';
 import { BackgroundExplorer } from './background.explorer.js';
+import {
+  createDashboardController,
+  type OffloadDashboardOptions,
+  parseModuleDashboard,
+  type ResolvedDashboard,
+} from './dashboard.controller.js';
 import { createJobsController } from './jobs.controller.js';
 import { OFFLOAD_MODULE_OPTIONS } from './nest.constants.js';
 import { nestLogger } from './nest-logger.js';
@@ -32,6 +38,11 @@ export interface OffloadModuleOptions extends OffloadOptions {
    * exported by a module in `imports`.
    */
   guards?: Guard[];
+  /**
+   * Mount the jobs dashboard: `{ path: 'admin/jobs', guards: [AdminGuard] }`. Absent: no dashboard.
+   * It shows and acts on every owner's jobs and does no checks of its own: `guards` is required.
+   */
+  dashboard?: OffloadDashboardOptions | false;
 }
 
 /** A provider that builds the options: `forRootAsync({ useClass: OffloadConfig })`. */
@@ -51,6 +62,8 @@ export interface OffloadModuleAsyncOptions extends Pick<ModuleMetadata, 'imports
   /** An `OffloadOptionsFactory` provider that exists already (exported by a module in `imports`). */
   useExisting?: Type<OffloadOptionsFactory> | InjectionToken;
   guards?: Guard[];
+  /** The dashboard, as in `forRoot`: here too, because Nest needs its routes before any factory runs. */
+  dashboard?: OffloadDashboardOptions | false;
 }
 
 /**
@@ -74,8 +87,13 @@ export class OffloadModule implements NestModule {
   }
 
   static forRoot(options: OffloadModuleOptions = {}): DynamicModule {
-    const { guards = [], ...offloadOptions } = options;
-    return build([{ provide: OFFLOAD_MODULE_OPTIONS, useValue: offloadOptions }], guards, []);
+    const { guards = [], dashboard, ...offloadOptions } = options;
+    return build(
+      [{ provide: OFFLOAD_MODULE_OPTIONS, useValue: offloadOptions }],
+      guards,
+      [],
+      parseModuleDashboard(dashboard),
+    );
   }
 
   static forRootAsync(options: OffloadModuleAsyncOptions): DynamicModule {
@@ -104,7 +122,12 @@ export class OffloadModule implements NestModule {
         inject: [source],
       });
     }
-    return build(providers, options.guards ?? [], options.imports ?? []);
+    return build(
+      providers,
+      options.guards ?? [],
+      options.imports ?? [],
+      parseModuleDashboard(options.dashboard),
+    );
   }
 }
 
@@ -112,24 +135,29 @@ function build(
   optionProviders: Provider[],
   guards: Guard[],
   imports: ModuleMetadata['imports'],
+  dashboard: ResolvedDashboard | null,
 ): DynamicModule {
   if (!Array.isArray(guards)) throw new ConfigError('OffloadModule: guards must be an array.');
   let logger: Logger = consoleLogger;
   const controller = createJobsController(guards, () => logger);
+  const controllers: Type<unknown>[] = [controller];
+  if (dashboard) controllers.push(createDashboardController(dashboard, () => logger));
   return {
     module: OffloadModule,
     global: true,
     imports: [DiscoveryModule, ...(imports ?? [])],
-    controllers: [controller],
+    controllers,
     providers: [
       ...optionProviders,
       {
         provide: Offload,
         useFactory: (options: OffloadOptions) => {
-          if ('guards' in (options ?? {})) {
-            throw new ConfigError(
-              'OffloadModule.forRootAsync: pass guards next to the factory, not from it.',
-            );
+          for (const key of ['guards', 'dashboard']) {
+            if (key in (options ?? {})) {
+              throw new ConfigError(
+                `OffloadModule.forRootAsync: pass ${key} next to the factory, not from it.`,
+              );
+            }
           }
           // The worker waits for onApplicationBootstrap: jobs must not run before the app is up.
           // Nest's Logger unless the app passed a logger of its own.
@@ -137,6 +165,8 @@ function build(
             options && typeof options === 'object'
               ? { ...options, logger: options.logger ?? nestLogger() }
               : options;
+          // Before the core exists: a refused module must leave no broker connection open.
+          if (dashboard) checkDashboardPath(dashboard, options?.basePath ?? '/jobs');
           const core = new Offload(given, { autoStart: false });
           logger = core.config.logger;
           controller.mountAt(core.config.basePath);
@@ -149,4 +179,14 @@ function build(
     ],
     exports: [OffloadService, Offload],
   };
+}
+
+/** The job routes are registered first: a dashboard under their base path would never answer. */
+function checkDashboardPath(dashboard: ResolvedDashboard, basePath: string): void {
+  const path = `/${dashboard.path}`;
+  if (path === basePath || path.startsWith(`${basePath}/`)) {
+    throw new ConfigError(
+      `OffloadModule: dashboard.path "${dashboard.path}" lies under basePath "${basePath}", whose routes answer first.`,
+    );
+  }
 }

@@ -1,7 +1,8 @@
 import express from 'express';
 import { type OffloadOptions, offload } from 'offload';
+import { requireDemoAdmin } from '../shared/demo-admin.js';
 import { demoUser } from '../shared/demo-user.js';
-import { samplePage } from '../shared/page.js';
+import { clientScript, clientScriptPath, samplePage } from '../shared/page.js';
 import { ReportRequest } from '../shared/report.dto.js';
 import { buildReport } from '../shared/report.task.js';
 
@@ -22,8 +23,13 @@ export function createApp(options: SampleOptions = {}) {
   app.disable('x-powered-by');
   app.use(jobs);
   app.post('/reports', jobs.background('report', { validate: ReportRequest }, buildReport));
+  // Every owner's jobs, live: behind the (stand-in) admin check.
+  app.use('/admin/jobs', requireDemoAdmin, jobs.dashboard());
   app.get('/', (_req, res) => {
     res.type('html').send(samplePage);
+  });
+  app.get(clientScriptPath, (_req, res) => {
+    res.type('text/javascript').send(clientScript);
   });
   return { app, jobs };
 }

@@ -2,6 +2,7 @@ import { type DynamicModule, Module } from '@nestjs/common';
 import type { OffloadOptions } from 'offload';
 import { OffloadModule } from 'offload/nest';
 import { demoUser } from '../shared/demo-user.js';
+import { DemoAdminGuard } from './demo-admin.guard.js';
 import { ReportsController } from './reports.controller.js';
 
 export interface SampleOptions {
@@ -20,6 +21,8 @@ export class AppModule {
           broker: options.brokerUrl ?? 'memory:',
           owner: demoUser,
           worker: { concurrency: options.workers ?? 4 },
+          // Every owner's jobs, live: behind the (stand-in) admin guard.
+          dashboard: { path: 'admin/jobs', guards: [DemoAdminGuard] },
           ...options.offload,
         }),
       ],

@@ -1,6 +1,6 @@
 import { Body, Controller, Get, Header, Post } from '@nestjs/common';
 import { Background, type Job, JobContext } from 'offload/nest';
-import { samplePage } from '../shared/page.js';
+import { clientScript, clientScriptPath, samplePage } from '../shared/page.js';
 import { ReportRequest } from '../shared/report.dto.js';
 import { buildReport } from '../shared/report.task.js';
 
@@ -17,5 +17,12 @@ export class ReportsController {
   @Header('Content-Type', 'text/html; charset=utf-8')
   page(): string {
     return samplePage;
+  }
+
+  /** The browser client the page imports (`offload/client`). */
+  @Get(clientScriptPath)
+  @Header('Content-Type', 'text/javascript; charset=utf-8')
+  client(): string {
+    return clientScript;
   }
 }
