@@ -1,7 +1,8 @@
 /**
  * offload/client: submit work to an offload route and follow the job from the browser.
- * No dependencies. Every job a client follows shares one `EventSource` (`GET <base>/events`);
- * where that is unavailable or keeps failing, the client polls `GET <base>/:id` instead.
+ * No dependencies. The jobs a client follows share one `EventSource` (`GET <base>/events`, up to
+ * 50 jobs a stream, at most three streams); where that is unavailable or blocked, or past 150
+ * jobs, the client polls `GET <base>/:id` instead.
  */
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'canceled';
@@ -73,7 +74,11 @@ export interface EventSourceLike {
 }
 
 export interface ClientOptions {
-  /** Where offload's job routes are mounted. @defaultValue '/jobs' */
+  /**
+   * Where offload's job routes are mounted. On another origin, its CORS answers must include
+   * `Access-Control-Expose-Headers: Retry-After`, or polls cannot see the wait the server asks for.
+   * @defaultValue '/jobs'
+   */
   base?: string;
   /** @defaultValue the global `fetch` */
   fetch?: typeof fetch;
@@ -83,7 +88,10 @@ export interface ClientOptions {
   credentials?: RequestCredentials;
   /** @defaultValue the global `EventSource`; `false` polls only. */
   EventSource?: (new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike) | false;
-  /** Milliseconds between polls when the server sends no `Retry-After`. @defaultValue 1000 */
+  /**
+   * Milliseconds between polls when the server sends no `Retry-After`, and before a failed stream
+   * is reopened; doubled per failure in a row, up to 32 times. @defaultValue 1000
+   */
   pollInterval?: number;
 }
 
@@ -136,21 +144,45 @@ interface Followed {
   /** The last event seq received; -1 before any. */
   seq: number;
   done: boolean;
+  /** The stream that carries it (also while a failed stream's jobs are checked and wait to reopen). */
+  stream?: Stream;
+  /** Polled until it ends (no EventSource, a blocked stream, or every stream full). */
+  polled?: boolean;
   apply(status?: JobStatus | null, progress?: JobProgress | null, doc?: JobStatusDocument): void;
   end(error: unknown, value?: unknown): void;
   stopped: AbortSignal;
+}
+
+/** One EventSource and the jobs it carries that have not ended. */
+interface Stream {
+  jobs: Set<Followed>;
+  stop(): void;
 }
 
 const TERMINAL = ['succeeded', 'failed', 'canceled'];
 const EVENTS = ['snapshot', 'progress', 'status', 'missing', ...TERMINAL];
 /** The server's bound on one multi-job stream. */
 const PER_STREAM = 50;
+/** Streams open at once: a browser allows six connections per host on HTTP/1.1; more jobs are polled. */
+const MAX_STREAMS = 3;
 /** A stream that has not opened in this long is treated as blocked (a buffering proxy). */
 const OPEN_TIMEOUT = 10_000;
 const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 const abortError = () => new DOMException('Stopped following the job.', 'AbortError');
 const notFound = () => new OffloadError('No such job.', { status: 404, code: 'ERR_OFFLOAD_JOB_NOT_FOUND' });
+
+/** Wait `ms`, or less if `signal` aborts; leaves no listener behind. */
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done);
+  });
 
 async function problemError(res: Response): Promise<OffloadError> {
   const problem: Problem = await res.json().catch(() => ({}));
@@ -166,10 +198,11 @@ export function createClient(options: ClientOptions = {}): Client {
   const interval = options.pollInterval ?? 1000;
   const Source = options.EventSource === false ? undefined : (options.EventSource ?? globalThis.EventSource);
   const jobs = new Map<string, Followed>();
-  /** The jobs the open sources carry. */
-  let carried = new Set<Followed>();
+  const streams = new Set<Stream>();
+  /** Streams failed in a row (the reopening backs off), and of those, how many look blocked. */
   let failures = 0;
-  /** Once the stream is deemed blocked, every job is polled for the client's lifetime. */
+  let blocked = 0;
+  /** Once the stream is deemed blocked, every new job is polled for the client's lifetime. */
   let polling = !Source;
   let timer: ReturnType<typeof setTimeout> | undefined;
 
@@ -182,25 +215,26 @@ export function createClient(options: ClientOptions = {}): Client {
     });
   };
 
-  /** Each open source's closer (which also drops its open timer). */
-  let closers: (() => void)[] = [];
-  const closeSources = () => {
-    for (const close of closers) close();
-    closers = [];
-    carried = new Set();
-  };
-
-  /** Open the stream soon (batching several follows) if a job is not on it yet; close it at once when no job is left. */
-  const sync = (delay = 25) => {
+  /**
+   * Put the jobs no stream carries on one (soon, batching several follows): a stream with room
+   * is reopened with them, each job resuming from its cursor; past `MAX_STREAMS` they are polled.
+   */
+  const sync = () => {
     clearTimeout(timer);
-    if (!jobs.size) return closeSources();
     timer = setTimeout(() => {
-      const list = [...jobs.values()];
-      if (polling || list.every((job) => carried.has(job))) return;
-      closeSources();
-      carried = new Set(list);
-      for (let i = 0; i < list.length; i += PER_STREAM) open(list.slice(i, i + PER_STREAM));
-    }, delay);
+      let list = [...jobs.values()].filter((job) => !job.stream && !job.polled);
+      if (!list.length) return;
+      if (!polling) {
+        for (const stream of streams) {
+          if (stream.jobs.size < PER_STREAM) {
+            stream.stop();
+            list = [...stream.jobs, ...list];
+          }
+        }
+        while (list.length && streams.size < MAX_STREAMS) open(list.splice(0, PER_STREAM));
+      }
+      list.forEach(poll);
+    }, 25);
   };
 
   const open = (list: Followed[]) => {
@@ -209,27 +243,44 @@ export function createClient(options: ClientOptions = {}): Client {
       withCredentials: options.credentials === 'include',
     });
     let opened = false;
-    const close = () => {
-      clearTimeout(openTimer);
-      source.close();
+    const stream: Stream = {
+      jobs: new Set(list),
+      stop() {
+        clearTimeout(wait);
+        source.close();
+        streams.delete(stream);
+      },
     };
-    const fail = () => {
-      close();
-      if (!closers.includes(close)) return;
-      closeSources();
-      if (++failures > 1) {
-        polling = true;
-        for (const job of jobs.values()) poll(job);
-      } else sync(interval);
+    /**
+     * EventSource does not say why a stream failed: a job purged (404), the broker down (503) and
+     * a proxy that refuses the events URL look alike. One poll per job tells them apart: it
+     * settles the jobs that are gone or finished, and only a stream that never opened while the
+     * server answered those polls counts as blocked (twice in a row: polling for good).
+     */
+    const fail = async () => {
+      if (!streams.has(stream)) return;
+      stream.stop();
+      const answers = await Promise.all([...stream.jobs].map(check));
+      if (!stream.jobs.size) return;
+      if (!opened && answers.some(([ok]) => ok) && ++blocked > 1) polling = true;
+      wait = setTimeout(
+        () => {
+          for (const job of stream.jobs) job.stream = undefined;
+          sync();
+        },
+        polling ? 0 : interval * 2 ** Math.min(failures++, 5),
+      );
     };
-    const openTimer = setTimeout(fail, OPEN_TIMEOUT);
+    let wait = setTimeout(fail, OPEN_TIMEOUT);
+    for (const job of list) job.stream = stream;
+    streams.add(stream);
     source.onopen = () => {
       opened = true;
-      failures = 0;
-      clearTimeout(openTimer);
+      failures = blocked = 0;
+      clearTimeout(wait);
     };
     // After it opened, EventSource reconnects by itself (resuming with Last-Event-ID); a stream
-    // that never opened, or that the server refused (closed), counts as a failure.
+    // that never opened, or that the server refused (closed), has failed.
     source.onerror = () => {
       if (!opened || source.readyState === 2) fail();
     };
@@ -248,32 +299,38 @@ export function createClient(options: ClientOptions = {}): Client {
         else job.apply(data.status, data.progress, data);
       });
     }
-    closers.push(close);
+  };
+
+  /**
+   * One `GET <base>/:id`: applies the document; a 4xx other than 408/429 (gone, not allowed,
+   * refused) ends the job with the problem. Says whether the document came, and the wait the
+   * server asked for (0: none).
+   */
+  const check = async (job: Followed): Promise<[boolean, number]> => {
+    try {
+      const res = await request(`${base}/${job.handle.id}`, { signal: job.stopped });
+      const { status } = res;
+      if (status > 399 && status < 500 && status !== 408 && status !== 429) job.end(await problemError(res));
+      else if (res.ok) {
+        const doc: JobStatusDocument = await res.json();
+        job.apply(doc.status, doc.progress, doc);
+        // The document is newer than the events held: a reopened stream starts from a snapshot
+        // rather than replaying older progress over it.
+        job.seq = -1;
+      }
+      return [res.ok, Number(res.headers.get('retry-after')) * 1000];
+    } catch {
+      return [false, 0];
+    }
   };
 
   const poll = async (job: Followed) => {
-    let errors = 0;
-    while (!job.done) {
-      let retryAfter = 0;
-      try {
-        const res = await request(`${base}/${job.handle.id}`, { signal: job.stopped });
-        if (res.status === 404) return job.end(await problemError(res));
-        if (res.ok) {
-          const doc: JobStatusDocument = await res.json();
-          job.apply(doc.status, doc.progress, doc);
-          errors = 0;
-        } else errors++;
-        retryAfter = Number(res.headers.get('retry-after')) * 1000;
-      } catch {
-        errors++;
-      }
-      if (job.done) return;
+    job.polled = true;
+    for (let errors = 0; !job.done; ) {
+      const [ok, retryAfter] = await check(job);
+      errors = ok ? 0 : errors + 1;
       // The server's Retry-After when it gives one; else the interval, doubled per failure in a row.
-      const wait = retryAfter || interval * 2 ** Math.min(errors, 5);
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, wait);
-        job.stopped.addEventListener('abort', () => resolve(clearTimeout(t)), { once: true });
-      });
+      if (!job.done) await sleep(retryAfter || interval * 2 ** Math.min(errors, 5), job.stopped);
     }
   };
 
@@ -295,7 +352,19 @@ export function createClient(options: ClientOptions = {}): Client {
     };
     const emit = (type: JobUpdate['type']) => {
       const update = { type, status: handle.status, progress: handle.progress };
-      for (const listener of listeners) listener(update);
+      for (const listener of listeners) {
+        // A listener that throws must not keep the job from ending, nor the other listeners from hearing.
+        try {
+          listener(update);
+        } catch (err) {
+          const report = (globalThis as { reportError?: (err: unknown) => void }).reportError;
+          report
+            ? report(err)
+            : queueMicrotask(() => {
+                throw err;
+              });
+        }
+      }
     };
 
     const handle = {
@@ -368,25 +437,29 @@ export function createClient(options: ClientOptions = {}): Client {
         job.done = true;
         jobs.delete(id);
         stopper.abort();
+        signal?.removeEventListener('abort', onAbort);
+        // A stream left with no job is closed here: the server would end it, and EventSource's
+        // reconnect would get 204, which reads as a failure.
+        const { stream } = job;
+        if (stream?.jobs.delete(job) && !stream.jobs.size) stream.stop();
         if (error) settle[1](error);
         else settle[0](value as R);
-        sync();
       },
     };
 
+    const onAbort = () => job.end(signal!.reason ?? abortError());
     if (!JOB_ID.test(id)) {
       // The server would answer 404; asking it would put a malformed id on the shared stream.
       job.end(notFound());
       return handle;
     }
     if (signal?.aborted) {
-      job.end(signal.reason ?? abortError());
+      onAbort();
       return handle;
     }
-    signal?.addEventListener('abort', () => job.end(signal.reason ?? abortError()), { once: true });
+    signal?.addEventListener('abort', onAbort);
     jobs.set(id, job);
-    if (polling) poll(job);
-    else sync();
+    sync();
     return handle;
   };
 
@@ -413,7 +486,6 @@ export function createClient(options: ClientOptions = {}): Client {
     close() {
       for (const job of [...jobs.values()]) job.end(abortError());
       clearTimeout(timer);
-      closeSources();
     },
   } as Client;
 }

@@ -76,6 +76,8 @@ const COLUMNS: Column[] = ['id', 'task', 'owner', 'status', 'progress', 'attempt
 const STATUSES: Status[] = ['queued', 'running', 'succeeded', 'failed', 'canceled'];
 const FINISHED = new Set<Status>(['succeeded', 'failed', 'canceled']);
 const PAGE_SIZE = 50;
+/** The most jobs `/api/jobs` lists at once. */
+const MAX_LIMIT = 200;
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -90,6 +92,10 @@ const rows = new Map<string, Row>();
 const filters = { status: '', task: '', owner: '' };
 let nextCursor: string | null = null;
 let listGeneration = 0;
+/** How many rows were asked for: page one, plus each Load more. */
+let wanted = PAGE_SIZE;
+/** The list's loads, one after another. */
+let listQueue: Promise<void> = Promise.resolve();
 /** Server clock minus ours (from the `Date` header), so durations do not depend on this machine's clock. */
 let skew = 0;
 let openId: string | null = null;
@@ -370,28 +376,74 @@ function insertJob(job: JobSummary): void {
 // -------------------------------------------------------------------------------------------
 // Loading
 
-function queryString(cursor: string | null): string {
+function queryString(cursor: string | null, limit: number): string {
   const q = new URLSearchParams();
   if (filters.status) q.set('status', filters.status);
   if (filters.task) q.set('task', filters.task);
   if (filters.owner) q.set('owner', filters.owner);
-  q.set('limit', String(PAGE_SIZE));
+  q.set('limit', String(limit));
   if (cursor) q.set('cursor', cursor);
   return q.toString();
 }
 
-async function loadList(append = false): Promise<void> {
-  const generation = append ? listGeneration : ++listGeneration;
+type ListPage = { jobs: JobSummary[]; nextCursor: string | null };
+
+/** The oldest row the list shows, by the server's order. */
+function oldestRow(): JobSummary | null {
+  let oldest: JobSummary | null = null;
+  for (const row of rows.values()) if (!oldest || before(oldest, row.job)) oldest = row.job;
+  return oldest;
+}
+
+/**
+ * Read the list: `first` page one (on load, and when the filters change), `more` the next page
+ * (Load more), `reload` again what the list shows (after a reconnect, or a burst of new jobs):
+ * page after page until past the oldest row shown, so rows from Load more stay. New jobs come
+ * on top; at most `MAX_LIMIT` rows beyond those asked for stay, so the list cannot grow forever.
+ * Loads run one after another, so a reload sees the rows a Load more just added.
+ */
+function loadList(mode: 'first' | 'reload' | 'more'): Promise<void> {
+  const generation = mode === 'more' ? listGeneration : ++listGeneration;
+  listQueue = listQueue.then(() => readList(mode, generation));
+  return listQueue;
+}
+
+async function readList(mode: 'first' | 'reload' | 'more', generation: number): Promise<void> {
+  // A newer load (filters changed meanwhile) wins.
+  if (generation !== listGeneration) return;
   const busy = $('jobs');
   busy.setAttribute('aria-busy', 'true');
   try {
-    const page = await request<{ jobs: JobSummary[]; nextCursor: string | null }>(
-      `/jobs?${queryString(append ? nextCursor : null)}`,
-    );
-    // A newer load (filters changed meanwhile) wins.
-    if (generation !== listGeneration) return;
-    nextCursor = page.nextCursor;
-    applyPage(page.jobs, append);
+    if (mode === 'more') {
+      if (nextCursor === null) return;
+      const page = await request<ListPage>(`/jobs?${queryString(nextCursor, PAGE_SIZE)}`);
+      if (generation !== listGeneration) return;
+      nextCursor = page.nextCursor;
+      wanted += page.jobs.length;
+      applyPage(page.jobs, true);
+    } else {
+      if (mode === 'first') wanted = PAGE_SIZE;
+      const oldest = mode === 'reload' ? oldestRow() : null;
+      const jobs: JobSummary[] = [];
+      let cursor: string | null = null;
+      do {
+        const limit =
+          mode === 'first' ? PAGE_SIZE : Math.min(MAX_LIMIT, Math.max(PAGE_SIZE, rows.size - jobs.length));
+        const page: ListPage = await request<ListPage>(`/jobs?${queryString(cursor, limit)}`);
+        if (generation !== listGeneration) return;
+        jobs.push(...page.jobs);
+        cursor = page.nextCursor;
+        // Until the pages reach the oldest row shown (many new jobs push it further down).
+      } while (
+        cursor !== null &&
+        oldest !== null &&
+        jobs.length > 0 &&
+        before(jobs.at(-1)!, oldest) &&
+        jobs.length < wanted + MAX_LIMIT
+      );
+      nextCursor = cursor;
+      applyPage(jobs, false);
+    }
     clearError();
   } catch (err) {
     showError(err);
@@ -400,13 +452,19 @@ async function loadList(append = false): Promise<void> {
   }
 }
 
+/** `/api/counts` scans every job on some brokers (PostgreSQL): read at most once per this. */
+const COUNTS_EVERY_MS = 2000;
 let countsTimer: number | null = null;
+let countsReadAt = Number.NEGATIVE_INFINITY;
+/** Read the counts soon: at once after a quiet spell, else once `COUNTS_EVERY_MS` has passed. */
 function scheduleCounts(): void {
   if (countsTimer !== null) return;
+  const wait = Math.max(0, countsReadAt + COUNTS_EVERY_MS - Date.now());
   countsTimer = window.setTimeout(() => {
     countsTimer = null;
+    countsReadAt = Date.now();
     void loadCounts();
-  }, 300);
+  }, wait);
 }
 
 async function loadCounts(): Promise<void> {
@@ -429,7 +487,7 @@ function scheduleReload(): void {
   if (reloadTimer !== null) return;
   reloadTimer = window.setTimeout(() => {
     reloadTimer = null;
-    void loadList();
+    void loadList('reload');
   }, 1000);
 }
 
@@ -523,8 +581,8 @@ function connect(): void {
   source.addEventListener('ready', () => {
     setLive('live');
     // Whatever happened while (re)connecting: read the list and counts again.
-    void loadList();
-    void loadCounts();
+    void loadList('reload');
+    scheduleCounts();
     if (openId) scheduleDetail(0);
   });
   source.addEventListener('status', (e) => onStatus(JSON.parse((e as MessageEvent).data)));
@@ -754,7 +812,7 @@ function applyFilters(): void {
   const search = q.toString();
   history.replaceState(null, '', `${location.pathname}${search ? `?${search}` : ''}${location.hash}`);
   nextCursor = null;
-  void loadList();
+  void loadList('first');
 }
 
 function focusRow(tr: HTMLTableRowElement): void {
@@ -796,7 +854,7 @@ function wire(): void {
       applyFilters();
     });
   }
-  $('more').addEventListener('click', () => void loadList(true));
+  $('more').addEventListener('click', () => void loadList('more'));
 
   tbody.addEventListener('click', (e) => {
     const tr = rowOf(e.target);
@@ -854,8 +912,8 @@ function wire(): void {
 readFiltersFromUrl();
 showFilters();
 wire();
-void loadList();
-void loadCounts();
+void loadList('first');
+scheduleCounts();
 connect();
 const hashed = /^#job=([0-9a-f-]{36})$/.exec(location.hash);
 if (hashed) openDetail(hashed[1]!);

@@ -21,6 +21,7 @@ import type { Offload } from '../offload.js';
 import type { OffloadRequest } from '../options.js';
 import { sendJson, sendProblem, toProblem } from '../problem.js';
 import type { Next } from './job-routes.js';
+import { EventStream, SSE_HEADERS } from './sse.js';
 
 /** `jobs.dashboard(options)`. */
 export interface DashboardOptions {
@@ -132,12 +133,52 @@ class NotRetryableError extends OffloadError {
 export const ACTION_HEADER = 'x-offload-dashboard';
 
 class CrossSiteError extends OffloadError {
-  constructor() {
-    super(
+  constructor(detail: string) {
+    super(detail, 'ERR_OFFLOAD_CROSS_SITE', 403);
+  }
+}
+
+/** `origin`'s host (`example.com:8443`) is `host`'s, its default port for the scheme aside. */
+function sameHost(origin: URL, host: string | undefined): boolean {
+  if (!host) return false;
+  try {
+    return new URL(`${origin.protocol}//${host.trim()}`).host === origin.host;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuse a cancel or retry that did not come from the dashboard's own page: it needs the action
+ * header, and what the browser says of the request's origin (when it says) must be this server.
+ * The page's script only ever calls its own origin.
+ */
+function checkAction(req: OffloadRequest): void {
+  if (!req.headers[ACTION_HEADER]) {
+    throw new CrossSiteError(
       `Dashboard actions need the ${ACTION_HEADER} request header, a guard against cross-site requests.`,
-      'ERR_OFFLOAD_CROSS_SITE',
-      403,
     );
+  }
+  const site = req.headers['sec-fetch-site'];
+  if (site === 'cross-site' || site === 'same-site') {
+    throw new CrossSiteError(
+      `Dashboard actions come from the dashboard's own page, not another site (${site}).`,
+    );
+  }
+  const origin = req.headers.origin;
+  if (origin === undefined) return;
+  let from: URL | null = null;
+  try {
+    from = new URL(origin);
+  } catch {
+    // `Origin: null` (a sandboxed frame, a data: page) or garbage: not the dashboard's page.
+  }
+  // Behind a proxy that rewrites `Host`, the browser's host is in `X-Forwarded-Host` (which a
+  // cross-site page cannot set without a CORS preflight, as for the action header).
+  const forwarded = req.headers['x-forwarded-host'];
+  const proxied = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0];
+  if (!from || !(sameHost(from, req.headers.host) || sameHost(from, proxied))) {
+    throw new CrossSiteError(`Dashboard actions come from the dashboard's own origin, not ${origin}.`);
   }
 }
 
@@ -286,6 +327,8 @@ const SECURITY_HEADERS = {
   'Referrer-Policy': 'same-origin',
 };
 
+const EVENT_HEADERS = { ...SSE_HEADERS, ...SECURITY_HEADERS };
+
 /** The page loads its own script and styles only, and may not be framed. */
 const PAGE_CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; " +
@@ -351,7 +394,7 @@ function mountOf(req: OffloadRequest, path: string): string {
 
 /** The dashboard's routes; the Express handler and the Nest controller both answer with it. */
 export function createDashboardRouter(core: Offload, { title }: { title: string }): DashboardRouter {
-  const { logger, exposeStack, heartbeatMs, sseRetryMs } = core.config;
+  const { logger, exposeStack } = core.config;
   const files = dashboardAssets();
   const feed = new DashboardFeed(core);
 
@@ -436,10 +479,6 @@ export function createDashboardRouter(core: Offload, { title }: { title: string 
     sendJson(res, 200, toDashboardJobDetail(found, exposeStack), { 'Cache-Control': 'no-store' });
   }
 
-  function checkAction(req: OffloadRequest): void {
-    if (!req.headers[ACTION_HEADER]) throw new CrossSiteError();
-  }
-
   async function cancel(req: OffloadRequest, res: ServerResponse, id: string): Promise<void> {
     checkAction(req);
     if (!isJobId(id)) throw new JobNotFoundError();
@@ -467,52 +506,27 @@ export function createDashboardRouter(core: Offload, { title }: { title: string 
   }
 
   async function events(req: OffloadRequest, res: ServerResponse): Promise<void> {
-    const headers = {
-      'Content-Type': 'text/event-stream; charset=utf-8',
-      'Cache-Control': 'no-cache, no-transform',
-      'X-Accel-Buffering': 'no',
-      ...SECURITY_HEADERS,
-    };
     if (req.method === 'HEAD') {
-      res.writeHead(200, headers);
+      res.writeHead(200, EVENT_HEADERS);
       res.end();
       return;
     }
-    let ended = false;
-    let off: Unsubscribe | null = null;
-    const end = () => {
-      if (ended) return;
-      ended = true;
-      clearInterval(heartbeat);
-      core.streams.delete(end);
-      off?.();
-      res.end();
-    };
-    res.writeHead(200, headers);
-    res.write(`retry: ${sseRetryMs}\n\n`);
-    const heartbeat = setInterval(() => {
-      if (!ended) res.write(': heartbeat\n\n');
-    }, heartbeatMs);
-    heartbeat.unref();
-    res.on('close', end);
-    core.streams.add(end);
-    // Shutting down: ended at once, so the stream cannot hold server.close(); EventSource retries.
-    if (core.closed) return end();
+    // Every event of every job goes to each dashboard: the stream drops a reader that falls
+    // behind (see `EventStream.send`); the page reconnects and reads the list again on `ready`.
+    const stream = new EventStream(core, res, EVENT_HEADERS);
+    // The client left already (an app's async admin check ran first), or offload is closing.
+    if (!stream.open()) return;
+    let off: Unsubscribe;
     try {
-      off = await feed.add((text) => {
-        if (!ended) res.write(text);
-      });
+      off = await feed.add((text) => stream.send(text));
     } catch {
       // The broker is unreachable: end; EventSource reconnects after `retry`.
-      return end();
+      return stream.end();
     }
-    if (ended) {
-      // The client left while we subscribed: `end` ran before there was anything to undo.
-      off();
-      return;
-    }
+    // Undone at once if the client left while we subscribed.
+    stream.onEnd(off);
     // The client reads the list after this, so no change falls between the list and the stream.
-    res.write('event: ready\ndata: {}\n\n');
+    stream.send('event: ready\ndata: {}\n\n');
   }
 
   async function dispatch(req: OffloadRequest, res: ServerResponse, r: Route, path: string, query: string) {

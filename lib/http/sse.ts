@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { BadRequestError } from '../errors.js';
 import { isJobId, isTerminal, type JobEvent, type JobRecord, toStatusDocument } from '../job.js';
 import type { Offload } from '../offload.js';
@@ -19,29 +19,64 @@ export function parseLastEventId(header: string | string[] | undefined, jobSeq: 
   return seq <= jobSeq ? seq : null;
 }
 
+export const SSE_HEADERS = {
+  'Content-Type': 'text/event-stream; charset=utf-8',
+  'Cache-Control': 'no-cache, no-transform',
+  'X-Accel-Buffering': 'no',
+} as const;
+
+/**
+ * Bytes a stream's reader may leave unread, beyond the largest single event the stream has sent,
+ * before the stream is dropped (see `EventStream.send`).
+ */
+export const MAX_UNREAD_BYTES = 1024 * 1024;
+
+/**
+ * Whether the client has gone: its connection closed (or the answer ended) before the stream was
+ * opened, while the route awaited something (the owner hook, a read of the job, an app's async
+ * guard). Its `close` event has fired already, so a listener attached now would never run.
+ */
+function clientGone(res: ServerResponse): boolean {
+  return (
+    res.destroyed ||
+    res.writableEnded ||
+    res.socket?.destroyed === true ||
+    res.req?.socket?.destroyed === true
+  );
+}
+
 /**
  * The response side of an event stream: headers, `retry:`, heartbeats, and one end that runs
  * every clean-up (unsubscribes) once, whoever ends it: the client leaving, the last terminal
- * event, a broker failure, or `Offload.close()`.
+ * event, a broker failure, a reader too far behind, or `Offload.close()`.
  */
-class EventStream {
+export class EventStream {
   ended = false;
   private readonly cleanups: (() => void)[] = [];
   private heartbeat: NodeJS.Timeout | undefined;
+  /** The largest event sent so far, in bytes: one big result on its way is not a stalled reader. */
+  private largest = 0;
 
   constructor(
     private readonly core: Offload,
     private readonly res: ServerResponse,
+    private readonly headers: OutgoingHttpHeaders = SSE_HEADERS,
   ) {}
 
-  /** Send the head; `false` when the stream had to end at once (the app is closing). */
+  /**
+   * Send the head; `false` when the stream had to end at once (the client left during the
+   * route's awaits, or the app is closing): the caller then sets nothing up.
+   */
   open(): boolean {
+    if (clientGone(this.res)) {
+      // Nothing sent, nothing to clean: no head, no heartbeat, no entry in `core.streams`.
+      this.ended = true;
+      return false;
+    }
     const { heartbeatMs, sseRetryMs } = this.core.config;
-    this.res.writeHead(200, SSE_HEADERS);
+    this.res.writeHead(200, this.headers);
     this.res.write(`retry: ${sseRetryMs}\n\n`);
-    this.heartbeat = setInterval(() => {
-      if (!this.ended) this.res.write(': heartbeat\n\n');
-    }, heartbeatMs);
+    this.heartbeat = setInterval(() => this.send(': heartbeat\n\n'), heartbeatMs);
     this.heartbeat.unref();
     this.res.on('close', this.end);
     this.core.streams.add(this.end);
@@ -58,7 +93,25 @@ class EventStream {
   write(event: string, id: string | null, data: unknown): void {
     if (this.ended) return;
     const idLine = id === null ? '' : `id: ${id}\n`;
-    this.res.write(`${idLine}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    this.send(`${idLine}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  }
+
+  /**
+   * Text already in event-stream form. A reader that stopped reading (a stalled connection, a
+   * suspended laptop) would have every later event buffered here without bound: once more than
+   * `MAX_UNREAD_BYTES` beyond the largest event wait unread, the connection is dropped. The
+   * client's EventSource reconnects and resumes from the last event it did read.
+   */
+  send(text: string): void {
+    if (this.ended) return;
+    if (this.res.writableLength > MAX_UNREAD_BYTES + this.largest) {
+      this.res.destroy();
+      this.end();
+      return;
+    }
+    const size = Buffer.byteLength(text);
+    if (size > this.largest) this.largest = size;
+    this.res.write(text);
   }
 
   /** Run `fn` when the stream ends, or now if it has. */
@@ -76,12 +129,6 @@ class EventStream {
     this.res.end();
   };
 }
-
-export const SSE_HEADERS = {
-  'Content-Type': 'text/event-stream; charset=utf-8',
-  'Cache-Control': 'no-cache, no-transform',
-  'X-Accel-Buffering': 'no',
-} as const;
 
 /** Where one job's events go: `seq` null for the snapshot of a finished job (no `id:`). */
 interface JobSink {

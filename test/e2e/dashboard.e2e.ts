@@ -1,6 +1,8 @@
 // The dashboard in Chromium, mounted by the Express sample behind its stand-in admin check:
 // a job is listed, its progress bar moves live, and cancel and retry work from the detail view.
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { Browser, BrowserContext } from 'playwright-core';
@@ -109,6 +111,96 @@ describe('the dashboard in Chromium', () => {
     await page.waitForSelector('#detail', { state: 'hidden' });
     assert.deepEqual(errors, []);
     await jobs.core.cancel(job.id);
+    await page.close();
+  });
+});
+
+describe('the dashboard in Chromium, reading its list again', () => {
+  let browser: Browser;
+  let context: BrowserContext;
+  let base: string;
+  let jobs: OffloadMiddleware;
+  let server: Server;
+  before(async () => {
+    const sample = createApp({ brokerUrl: 'memory:', workers: 1 });
+    jobs = sample.jobs;
+    server = sample.app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    browser = await launchChromium();
+    context = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    await context.addCookies([{ name: 'user', value: 'admin', url: base }]);
+  });
+  after(async () => {
+    await context?.close();
+    await browser?.close();
+    await jobs?.close();
+    server?.closeAllConnections();
+    await new Promise((r) => server?.close(r));
+  });
+
+  it('keeps the rows of Load more, the open detail and its focus across a reconnect and a burst of new jobs', async () => {
+    const owner = `pages-${randomUUID().slice(0, 8)}`;
+    // Due in an hour: they stay queued, and the list stays as it is but for what the test does.
+    const park = async () =>
+      (await jobs.core.enqueue('report', { steps: 1, stepMs: 1 }, { owner, delay: '1h' })).job.id;
+    for (let i = 0; i < 60; i++) await park();
+    const page = await context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    const countsReads: number[] = [];
+    page.on('request', (req) => {
+      if (new URL(req.url()).pathname.endsWith('/api/counts')) countsReads.push(Date.now());
+    });
+    const rowCount = (n: number) =>
+      page.waitForFunction((want) => document.querySelectorAll('tr.job').length === want, n);
+
+    await page.goto(`${base}/admin/jobs?owner=${owner}`);
+    await page.waitForSelector('#live[data-state="live"]');
+    await rowCount(50);
+    await page.click('#more');
+    await rowCount(60);
+    assert.equal(await page.isHidden('#more'), true, 'every job loaded');
+    const oldest = (await page.locator('tr.job').last().getAttribute('data-job-id'))!;
+    await page.locator(`tr.job[data-job-id="${oldest}"]`).click();
+    await page.waitForSelector('#detail:not([hidden])');
+    const focused = () => page.evaluate(() => document.activeElement?.id ?? null);
+    assert.equal(await focused(), 'detail-close');
+
+    // A dropped connection: the page reconnects and reads its list again on `ready`.
+    const reread = page.waitForResponse((res) => /\/api\/jobs\?/.test(res.url()));
+    server.closeAllConnections();
+    await reread;
+    await page.waitForSelector('#live[data-state="live"]');
+    await page.waitForTimeout(200);
+    assert.equal(await page.locator('tr.job').count(), 60, 'the second page stayed');
+    assert.equal(await page.locator(`tr.job[data-job-id="${oldest}"]`).count(), 1);
+    assert.equal(await page.textContent('#detail-id'), oldest, 'the detail stayed open');
+    assert.equal(await focused(), 'detail-close', 'focus stayed in the detail');
+
+    // A burst of new jobs: read one by one at first, then by reloading the list.
+    const fresh: string[] = [];
+    for (let i = 0; i < 12; i++) fresh.push(await park());
+    await rowCount(72);
+    for (const id of [...fresh, oldest]) {
+      assert.equal(await page.locator(`tr.job[data-job-id="${id}"]`).count(), 1, id);
+    }
+    assert.equal(
+      await page.locator('tr.job').first().getAttribute('data-job-id'),
+      (await jobs.core.list({ owner, limit: 1 })).jobs[0]!.id,
+      'the newest on top',
+    );
+    assert.equal(await page.textContent('#detail-id'), oldest);
+    assert.equal(await focused(), 'detail-close');
+
+    // Counts scan every job on PostgreSQL: at most one read per 2 s, however many events came.
+    await page.waitForTimeout(2500);
+    assert.ok(countsReads.length >= 2, `counts were read (${countsReads.length})`);
+    for (let i = 1; i < countsReads.length; i++) {
+      const gap = countsReads[i]! - countsReads[i - 1]!;
+      assert.ok(gap >= 1800, `counts read ${gap} ms after the previous read`);
+    }
+    assert.deepEqual(errors, []);
     await page.close();
   });
 });

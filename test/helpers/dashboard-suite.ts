@@ -407,6 +407,42 @@ export function describeDashboardApi(title: string, start: () => Promise<Dashboa
         assert.equal(wrong.headers.get('allow'), 'POST');
         assert.equal(await statusOf(id), 'queued');
       });
+
+      it('refuses an action the browser says came from another site or origin, even with the header', async () => {
+        const id = await parked(someone());
+        const host = new URL(t.baseUrl).host;
+        const act = (headers: Record<string, string>, job = id) =>
+          rawRequest(`${root}/api/jobs/${job}/cancel`, { method: 'POST', headers: { ...ACT, ...headers } });
+        const refused: Record<string, string>[] = [
+          { 'sec-fetch-site': 'cross-site' },
+          { 'sec-fetch-site': 'same-site' },
+          { origin: 'https://evil.example' },
+          { origin: `http://${host.replace('127.0.0.1', 'localhost')}` },
+          { origin: `http://127.0.0.1:1` },
+          { origin: 'null' },
+          { origin: 'not a url' },
+          // A forwarded host vouches only for its own origin.
+          { origin: 'https://evil.example', 'x-forwarded-host': 'jobs.example.com' },
+          { origin: `http://${host}`, 'sec-fetch-site': 'cross-site' },
+        ];
+        for (const headers of refused) {
+          const problem = await expectProblem(await act(headers), 403);
+          assert.equal(problem.code, 'ERR_OFFLOAD_CROSS_SITE', JSON.stringify(headers));
+          assert.equal(await statusOf(id), 'queued', JSON.stringify(headers));
+        }
+        // What the page's own fetch sends, and the same behind a proxy that rewrites Host.
+        const proxied = await act({
+          origin: 'https://jobs.example.com',
+          'x-forwarded-host': 'jobs.example.com',
+          'sec-fetch-site': 'same-origin',
+        });
+        assert.equal(proxied.status, 200, proxied.body);
+        assert.equal(JSON.parse(proxied.body).outcome, 'canceled');
+        const other = await parked(someone());
+        const same = await act({ origin: `http://${host}`, 'sec-fetch-site': 'same-origin' }, other);
+        assert.equal(same.status, 200, same.body);
+        assert.equal(JSON.parse(same.body).outcome, 'canceled');
+      });
     });
 
     describe('POST api/jobs/:id/retry', () => {

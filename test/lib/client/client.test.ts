@@ -1,19 +1,22 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { getEventListeners } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { IsInt, Max, Min } from 'class-validator';
 import { EventSource, type EventSourceInit } from 'eventsource';
+import { MemoryBroker } from '../../../adapters/memory/memory.broker.js';
 import type * as ClientLib from '../../../lib/client/index.mjs';
 import type { JobHandle, JobUpdate } from '../../../lib/client/index.mjs';
-import { NonRetryableError } from '../../../lib/errors.js';
+import { NonRetryableError, OffloadError as ServerOffloadError } from '../../../lib/errors.js';
 import {
   createServer,
   type Steps,
   stepsById,
   stepsTask,
   type TestServer,
+  userOwner,
 } from '../../helpers/create-server.js';
-import { eventually } from '../../helpers/eventually.js';
+import { eventually, sleep } from '../../helpers/eventually.js';
 
 type ClientModule = typeof ClientLib;
 
@@ -24,11 +27,15 @@ class StepsRequest {
   n!: number;
 }
 
-/** What the EventSource a test hands the client did: every URL it asked for, and how many stay open. */
+/**
+ * What the EventSource a test hands the client did: every URL it asked for, how many stay open
+ * (not closed yet), and how many times a connection opened.
+ */
 interface SourceLog {
   urls: string[];
   open: number;
   maxOpen: number;
+  opened: number;
 }
 
 /**
@@ -51,6 +58,7 @@ function sourceAs(user: string, log: SourceLog, blocked?: 'network' | 502) {
         },
       });
       log.maxOpen = Math.max(log.maxOpen, ++log.open);
+      this.addEventListener('open', () => log.opened++);
     }
 
     override close(): void {
@@ -61,7 +69,34 @@ function sourceAs(user: string, log: SourceLog, blocked?: 'network' | 502) {
   };
 }
 
-const newLog = (): SourceLog => ({ urls: [], open: 0, maxOpen: 0 });
+const newLog = (): SourceLog => ({ urls: [], open: 0, maxOpen: 0, opened: 0 });
+
+/** A `fetch` that records the job id of every status poll (`GET <base>/:id`) the client makes. */
+function pollLog() {
+  const ids: string[] = [];
+  const logged: typeof fetch = (input, init) => {
+    const poll = /\/jobs\/([0-9a-f-]{36})$/.exec(String(input));
+    if (poll && (init?.method ?? 'GET') === 'GET') ids.push(poll[1]!);
+    return fetch(input, init);
+  };
+  return { ids, fetch: logged };
+}
+
+/** The job ids a stream URL of the log carries. */
+const idsOf = (url: string) =>
+  new URL(url).searchParams
+    .get('ids')!
+    .split(',')
+    .map((entry) => entry.split(':')[0]!);
+
+/** `promise`, or a failure naming `what` if it has not settled within `ms`. */
+function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
 
 describe('offload/client against a real server', () => {
   let server: TestServer;
@@ -379,6 +414,148 @@ describe('offload/client against a real server', () => {
     await Promise.all(jobs.map((j) => j.result));
     await eventually(() => log.open === 0, 'the streams to close');
   });
+
+  it('a purged or unknown job rejects with 404 and leaves the client on the stream for the other jobs', async () => {
+    const log = newLog();
+    const polls = pollLog();
+    const client = clientAs('alice', log, { fetch: polls.fetch, pollInterval: 20 });
+    const finished = (await server.jobs.core.enqueue('steps', { n: 0 }, { owner: 'alice' })).job.id;
+    await eventually(
+      async () => (await server.jobs.core.get(finished))?.status === 'succeeded',
+      'the job to finish',
+    );
+    assert.ok((await server.jobs.core.broker.purge(Date.now() + 1000)) >= 1);
+    // Alone on its stream, each gets the server's 404 (EventSource closes, not saying why): one
+    // poll tells the client the job is gone, and the stream was not at fault.
+    const unknown = randomUUID();
+    for (const gone of [finished, unknown]) {
+      await assert.rejects(
+        within(client.follow(gone).result, 'the purged job'),
+        (e: any) =>
+          e instanceof lib.OffloadError && e.status === 404 && e.code === 'ERR_OFFLOAD_JOB_NOT_FOUND',
+      );
+    }
+    assert.deepEqual(polls.ids, [finished, unknown], 'one poll each');
+    assert.deepEqual(log.urls.map(idsOf), [[finished], [unknown]], 'one stream each, never retried');
+
+    const job = await client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 2 });
+    await runs(job);
+    await eventually(() => job.status === 'running', 'the next job to be streamed');
+    assert.equal(log.urls.length, 3);
+    // A dead id joining a live job's stream gets `missing`; the live job goes on.
+    const dead = client.follow(randomUUID());
+    await assert.rejects(dead.result, (e: any) => e.status === 404);
+    gateOf(job).release(2);
+    assert.deepEqual(await job.result, { steps: 2 });
+    assert.deepEqual(job.progress, { percent: 100, message: 'step 2' });
+    assert.equal(polls.ids.length, 2, 'nothing was polled after the 404s');
+    assert.match(log.urls.at(-1)!, new RegExp(`ids=${job.id}:\\d+,${dead.id}$`));
+    await eventually(() => log.open === 0, 'the stream to close');
+  });
+
+  it('a listener that throws is reported and stops neither the other listeners nor the result', async () => {
+    const reported: unknown[] = [];
+    const global = globalThis as { reportError?: (err: unknown) => void };
+    global.reportError = (err) => reported.push(err);
+    try {
+      const client = clientAs('alice');
+      const job = await client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 1 });
+      const heard: string[] = [];
+      job.onStatus((status) => {
+        throw new Error(`status listener: ${status}`);
+      });
+      job.onProgress(() => {
+        throw new Error('progress listener');
+      });
+      job.onStatus((status) => heard.push(status));
+      const consumer = (async () => {
+        for await (const update of job) {
+          if (update.status === 'running') throw new Error('the consumer gave up');
+        }
+      })().catch((e: Error) => e.message);
+      await runs(job);
+      await eventually(() => job.status === 'running', 'the stream to report running');
+      gateOf(job).release();
+      assert.deepEqual(await within(job.result, 'the result'), { steps: 1 });
+      assert.equal(job.status, 'succeeded');
+      assert.deepEqual(heard, ['running', 'succeeded']);
+      assert.equal(await consumer, 'the consumer gave up');
+      assert.deepEqual(
+        reported.map((e) => (e as Error).message),
+        ['status listener: running', 'progress listener', 'status listener: succeeded'],
+      );
+    } finally {
+      delete global.reportError;
+    }
+  });
+
+  it('once the job ends, its listener on the caller’s signal is removed', async () => {
+    const client = clientAs('alice');
+    const controller = new AbortController();
+    const { id } = (await server.jobs.core.enqueue('steps', { n: 1 }, { owner: 'alice' })).job;
+    const job = client.follow(id, { signal: controller.signal });
+    assert.equal(getEventListeners(controller.signal, 'abort').length, 1);
+    await runs(job);
+    gateOf(job).release();
+    await job.result;
+    assert.equal(getEventListeners(controller.signal, 'abort').length, 0);
+  });
+
+  it('more than 50 jobs: a stream whose jobs have all finished closes; the other stream carries on', async () => {
+    const log = newLog();
+    const polls = pollLog();
+    const client = clientAs('alice', log, { fetch: polls.fetch });
+    const jobs = await Promise.all(
+      Array.from({ length: 55 }, () => client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 2 })),
+    );
+    await eventually(() => jobs.every((j) => gateOf(j).waiting === 1), 'every job to run', {
+      timeoutMs: 5000,
+    });
+    await eventually(() => jobs.every((j) => j.status === 'running'), 'every job to be seen running');
+    const opened = log.urls.length;
+    const [first, second] = log.urls.slice(-2).map(idsOf) as [string[], string[]];
+    assert.deepEqual([first.length, second.length], [50, 5]);
+    const byId = new Map(jobs.map((j) => [j.id, j]));
+    for (const id of first) gateOf(byId.get(id)!).release(2);
+    await Promise.all(first.map((id) => byId.get(id)!.result));
+    await eventually(() => log.open === 1, 'the client to close the finished stream');
+    // Past the server's end of that stream and EventSource's retry: the other stream is untouched.
+    const rest = second.map((id) => byId.get(id)!);
+    for (const job of rest) gateOf(job).release();
+    await eventually(() => rest.every((j) => j.progress?.percent === 50), 'the rest to move on', {
+      timeoutMs: 5000,
+    });
+    for (const job of rest) gateOf(job).release();
+    for (const job of rest) assert.deepEqual(await job.result, { steps: 2 });
+    assert.equal(log.urls.length, opened, 'no stream was reopened');
+    assert.equal(log.maxOpen, 2);
+    assert.deepEqual(polls.ids, [], 'nothing was polled');
+    await eventually(() => log.open === 0, 'the streams to close');
+  });
+
+  it('at most three streams (150 jobs) at once: more jobs are polled', async () => {
+    const log = newLog();
+    const polls = pollLog();
+    const client = clientAs('alice', log, { fetch: polls.fetch, pollInterval: 50 });
+    const ids: string[] = [];
+    for (let i = 0; i < 153; i++) {
+      ids.push((await server.jobs.core.enqueue('steps', { n: 1 }, { owner: 'alice' })).job.id);
+    }
+    const jobs = ids.map((id) => client.follow<{ steps: number }>(id));
+    await eventually(
+      () => new Set(polls.ids).size === 3 && log.open === 3,
+      'three streams and the rest polled',
+    );
+    const streamed = log.urls.flatMap(idsOf);
+    assert.equal(log.urls.length, 3);
+    assert.equal(streamed.length, 150);
+    assert.deepEqual([...new Set(polls.ids)], ids.slice(150), 'the jobs past 150 are polled');
+    for (const id of ids) stepsFor(id).release();
+    const results = await within(Promise.all(jobs.map((j) => j.result)), 'every result', 15_000);
+    assert.equal(results.length, 153);
+    assert.equal(log.maxOpen, 3);
+    await eventually(() => log.open === 0, 'the streams to close');
+  });
 });
 
 describe('offload/client polling', () => {
@@ -388,9 +565,22 @@ describe('offload/client polling', () => {
 
   before(async () => {
     lib = await import('../../../lib/client/index.mjs');
-    server = await createServer({ retryAfter: 1, worker: { progressInterval: 0 } }, (app, jobs) => {
-      app.post('/steps', jobs.background('steps', stepsTask(stepsFor)));
-    });
+    server = await createServer(
+      {
+        retryAfter: 1,
+        worker: { progressInterval: 0 },
+        // A session that expires answers 401, as an auth layer in front of the routes would.
+        owner: (req) => {
+          if (req.headers['x-user'] === 'expired') {
+            throw new ServerOffloadError('Sign in again.', 'ERR_SESSION_EXPIRED', 401);
+          }
+          return userOwner(req);
+        },
+      },
+      (app, jobs) => {
+        app.post('/steps', jobs.background('steps', stepsTask(stepsFor)));
+      },
+    );
   });
 
   after(() => server.close());
@@ -449,7 +639,9 @@ describe('offload/client polling', () => {
       const log = newLog();
       const { client, polls } = pollingClient(sourceAs('alice', log, blocked));
       const job = await client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 1 });
-      await eventually(() => polls.length >= 1, 'polling to take over', { timeoutMs: 3000 });
+      // Each failed try is followed by one poll of the job, which the server answers: the stream
+      // is what fails, so after the second try the client polls.
+      await eventually(() => polls.length >= 3, 'polling to take over', { timeoutMs: 3000 });
       assert.equal(log.urls.length, 2, 'two tries of the stream, then polling');
       assert.match(log.urls[0]!, /\/jobs\/events\?ids=/);
       assert.equal(log.open, 0, 'no stream left open');
@@ -479,6 +671,42 @@ describe('offload/client polling', () => {
     assert.deepEqual(await client.follow(done).result, { steps: 0 });
   });
 
+  it('a 401 while polling (the session expired) rejects the result with the problem, and polling stops', async () => {
+    let user = 'alice';
+    const polls: number[] = [];
+    const client = lib.createClient({
+      base: `${server.baseUrl}/jobs`,
+      headers: () => ({ 'x-user': user }),
+      EventSource: false,
+      pollInterval: 20,
+      fetch: (input, init) => {
+        polls.push(Date.now());
+        return fetch(input, init);
+      },
+    });
+    const job = await client.submit(`${server.baseUrl}/steps`, { n: 1 });
+    await eventually(() => stepsFor(job.id).waiting === 1, 'the job to run');
+    await eventually(() => job.status === 'running', 'a poll to see it running', { timeoutMs: 3000 });
+    user = 'expired';
+    const err = await within(job.result, 'the result', 4000).then(
+      () => assert.fail('the result must reject'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof lib.OffloadError);
+    assert.equal(err.status, 401);
+    assert.equal(err.code, 'ERR_SESSION_EXPIRED');
+    assert.equal(err.message, 'Sign in again.');
+    assert.equal(err.problem?.status, 401);
+    const count = polls.length;
+    await sleep(300);
+    assert.equal(polls.length, count, 'no poll after the 401');
+    stepsFor(job.id).release();
+    await eventually(
+      async () => (await server.jobs.core.get(job.id))?.status === 'succeeded',
+      'the job to go on',
+    );
+  });
+
   it('keeps polling through server errors, backing off, until the job finishes', async () => {
     let failing = 3;
     const attempts: number[] = [];
@@ -500,5 +728,102 @@ describe('offload/client polling', () => {
     const gaps = [1, 2, 3].map((i) => attempts[i]! - attempts[i - 1]!);
     assert.ok(gaps[0]! >= 35, `the first retry waits twice the interval: ${gaps}`);
     assert.ok(gaps[2]! >= 150, `each retry waits twice as long: ${gaps}`);
+  });
+});
+
+/** A MemoryBroker whose reads fail while `down` is set: the server answers 503 on every job route. */
+class DownBroker extends MemoryBroker {
+  down = false;
+
+  override async get(jobId: string): ReturnType<MemoryBroker['get']> {
+    if (this.down) throw new Error('connect ECONNREFUSED 10.0.0.7:6379');
+    return super.get(jobId);
+  }
+}
+
+describe('offload/client while the broker is down for a moment', () => {
+  let server: TestServer;
+  let lib: ClientModule;
+  const stepsFor = stepsById();
+  const broker = new DownBroker();
+
+  before(async () => {
+    lib = await import('../../../lib/client/index.mjs');
+    server = await createServer({ broker, sseRetry: 50, worker: { progressInterval: 0 } }, (app, jobs) => {
+      app.post('/steps', jobs.background('steps', stepsTask(stepsFor)));
+    });
+  });
+
+  after(async () => {
+    broker.down = false;
+    await server.close();
+    await broker.close();
+  });
+
+  function streamingClient() {
+    const log = newLog();
+    const polls = pollLog();
+    const client = lib.createClient({
+      base: `${server.baseUrl}/jobs`,
+      headers: { 'x-user': 'alice' },
+      EventSource: sourceAs('alice', log),
+      fetch: polls.fetch,
+      pollInterval: 20,
+    });
+    return { client, log, polls };
+  }
+
+  it('503s on the stream are retried with backoff, never a switch to polling', async () => {
+    const { client, log, polls } = streamingClient();
+    broker.down = true;
+    const job = await client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 2 });
+    const probe = await fetch(`${server.baseUrl}/jobs/events?ids=${job.id}`, {
+      headers: { 'x-user': 'alice' },
+    });
+    assert.equal(probe.status, 503, 'the events route answers 503 while the broker is down');
+    await probe.body?.cancel();
+    // Each refused stream is followed by one poll (also 503), then a later try.
+    await eventually(() => log.urls.length >= 4, 'the stream to be retried', { timeoutMs: 3000 });
+    broker.down = false;
+    await eventually(() => log.opened === 1, 'a stream to open', { timeoutMs: 3000 });
+    const tries = log.urls.length;
+    assert.equal(polls.ids.length, tries - 1, 'one poll per failed try');
+    await eventually(() => stepsFor(job.id).waiting === 1, 'the job to run');
+    stepsFor(job.id).release();
+    await eventually(() => job.progress?.percent === 50, 'the stream to report progress');
+    stepsFor(job.id).release();
+    assert.deepEqual(await within(job.result, 'the result'), { steps: 2 });
+    const polled = polls.ids.length;
+
+    // The next job is streamed too.
+    const next = await client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 1 });
+    await eventually(() => stepsFor(next.id).waiting === 1, 'the next job to run');
+    stepsFor(next.id).release();
+    assert.deepEqual(await within(next.result, 'the next result'), { steps: 1 });
+    assert.equal(log.urls.length, tries + 1, 'one more stream');
+    assert.equal(polls.ids.length, polled, 'and no poll');
+    await eventually(() => log.open === 0, 'the stream to close');
+  });
+
+  it('a stream that opened and then gets 503 on reconnecting resumes once the broker is back', async () => {
+    const { client, log, polls } = streamingClient();
+    const job = await client.submit<{ steps: number }>(`${server.baseUrl}/steps`, { n: 2 });
+    await eventually(() => stepsFor(job.id).waiting === 1, 'the job to run');
+    await eventually(() => job.status === 'running', 'the stream to report running');
+    broker.down = true;
+    server.dropConnections();
+    await eventually(() => polls.ids.length >= 2 && log.urls.length >= 3, 'reconnects and polls to fail', {
+      timeoutMs: 3000,
+    });
+    stepsFor(job.id).release();
+    broker.down = false;
+    await eventually(() => job.progress?.percent === 50, 'the stream to resume', { timeoutMs: 3000 });
+    stepsFor(job.id).release();
+    assert.deepEqual(await within(job.result, 'the result'), { steps: 2 });
+    const polled = polls.ids.length;
+    const next = await client.submit(`${server.baseUrl}/steps`, { n: 0 });
+    await next.result;
+    assert.equal(polls.ids.length, polled, 'the next job is streamed, not polled');
+    assert.equal(log.open, 0);
   });
 });

@@ -1,5 +1,6 @@
 // jobs.dashboard() on Express and plain node:http: the shared API suite on each broker, then what
-// only the Express handler does (mounting, the `path` option, options, shutdown, packaging).
+// only the Express handler does (mounting, the `path` option, options, shutdown, stream clients
+// that left early or stopped reading, packaging).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -8,15 +9,20 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { describe, it } from 'node:test';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { MemoryBroker } from '../../../adapters/memory/memory.broker.js';
+import type { Unsubscribe } from '../../../lib/broker.js';
 import { ConfigError } from '../../../lib/errors.js';
 import { offload } from '../../../lib/express.js';
+import type { JobEvent } from '../../../lib/job.js';
 import { silentLogger } from '../../../lib/logger.js';
-import { createServer, expectProblem, openSse, type TestServer } from '../../helpers/create-server.js';
+import { createServer, expectProblem, openSse, Steps, type TestServer } from '../../helpers/create-server.js';
 import {
   DASHBOARD_BROKERS,
   describeDashboardApi,
   registerDashboardTasks,
 } from '../../helpers/dashboard-suite.js';
+import { eventually, sleep } from '../../helpers/eventually.js';
+import { stalledReader } from '../../helpers/stalled-reader.js';
 
 /** The sample-style admin check: 401 for nobody, 403 for anyone but `admin`. */
 function requireAdmin(req: Request, res: Response, next: NextFunction): void {
@@ -178,6 +184,124 @@ describe('jobs.dashboard() mounting', () => {
     await server.jobs.close();
     await stream.untilEnded();
     await server.close();
+  });
+});
+
+/** A memory broker that counts its live event subscriptions (the dashboard's feed holds one). */
+class CountingBroker extends MemoryBroker {
+  subscriptions = 0;
+
+  override async subscribe(listener: (event: JobEvent) => void): Promise<Unsubscribe> {
+    const off = await super.subscribe(listener);
+    this.subscriptions++;
+    let live = true;
+    return () => {
+      if (live) this.subscriptions--;
+      live = false;
+      off();
+    };
+  }
+}
+
+describe('jobs.dashboard() event stream and its clients', () => {
+  const HEARTBEAT_MS = 20;
+
+  it('sets nothing up for a client that left while the app’s async admin check ran', async () => {
+    const broker = new CountingBroker();
+    const hold = new Steps();
+    const held: Response[] = [];
+    const server = await createServer({ broker, worker: false, heartbeat: HEARTBEAT_MS }, (app, jobs) => {
+      const slowAdminCheck = async (_req: Request, res: Response, next: NextFunction) => {
+        held.push(res);
+        await hold.next();
+        next();
+      };
+      app.use('/admin/jobs', slowAdminCheck, jobs.dashboard());
+    });
+    const core = server.jobs.core;
+    const url = `${server.baseUrl}/admin/jobs/api/events`;
+    try {
+      const client = http.request(url);
+      client.on('error', () => {});
+      client.end();
+      const res = await eventually(() => held.pop(), 'the admin check to hold the request');
+      client.destroy();
+      await eventually(() => res.destroyed, 'the server to see the client go');
+      hold.release();
+      // The dashboard answers now; a stream opened for nobody would heartbeat and subscribe.
+      await sleep(HEARTBEAT_MS * 5);
+      assert.equal(res.headersSent, false, 'nothing written to a client that is gone');
+      assert.equal(core.streams.size, 0, 'no stream left open');
+      assert.equal(broker.subscriptions, 0, 'no subscription left on the broker');
+
+      // The same wait with the client still there: the stream opens, subscribes, and lets go.
+      const opening = openSse(url);
+      await eventually(() => held.pop(), 'the admin check to hold the request');
+      hold.release();
+      const stream = await opening;
+      await stream.until((s) => s.events.some((e) => e.event === 'ready'), 'ready');
+      assert.equal(core.streams.size, 1);
+      assert.equal(broker.subscriptions, 1);
+      stream.close();
+      await eventually(() => core.streams.size === 0 && broker.subscriptions === 0, 'the stream to let go');
+    } finally {
+      await server.close();
+      await broker.close();
+    }
+  });
+
+  it('drops a stream whose reader stopped reading, and keeps the one that reads', async () => {
+    const broker = new CountingBroker();
+    let flooding = true;
+    const server = await createServer({ broker, worker: { progressInterval: 0 } }, (app, jobs) => {
+      // Progress as fast as the broker takes it, 16 KiB a time, until the test says stop.
+      jobs.core.task('flood', async (_p, job) => {
+        const message = 'x'.repeat(16 * 1024);
+        for (let i = 0; flooding && i < 4000; i++) {
+          await job.progress(i % 100, message);
+          await new Promise((r) => setImmediate(r));
+        }
+        return null;
+      });
+      app.use('/admin/jobs', jobs.dashboard());
+    });
+    const core = server.jobs.core;
+    const url = `${server.baseUrl}/admin/jobs/api/events`;
+    try {
+      const reading = await openSse(url);
+      await reading.until((s) => s.events.some((e) => e.event === 'ready'), 'ready');
+      const stalled = await stalledReader(url, 'event: ready');
+      assert.equal(core.streams.size, 2);
+      const { job } = await core.enqueue('flood', {});
+      try {
+        await eventually(() => core.streams.size === 1, 'the stalled stream to be dropped', {
+          timeoutMs: 30_000,
+        });
+        assert.equal((await core.get(job.id))?.status, 'running', 'dropped while the job still runs');
+      } finally {
+        flooding = false;
+      }
+      assert.equal(broker.subscriptions, 1, 'the reading stream still subscribed');
+      // Read again, the stalled client finds its connection over: the page reconnects then.
+      await stalled.drainToEnd();
+      await reading.until(
+        (s) => s.events.some((e) => e.event === 'status' && JSON.parse(e.data).status === 'succeeded'),
+        'the reading client to see the job finish',
+        30_000,
+      );
+      const seqs = reading.events
+        .filter((e) => e.event !== 'ready')
+        .map((e) => JSON.parse(e.data))
+        .filter((d) => d.id === job.id)
+        .map((d) => d.seq as number);
+      for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1]! + 1, 'no event lost');
+      assert.ok(seqs.length > 64, `the reader took every event of the flood (${seqs.length})`);
+      assert.ok(!reading.ended, 'the reading stream stays open');
+      reading.close();
+    } finally {
+      await server.close();
+      await broker.close();
+    }
   });
 });
 

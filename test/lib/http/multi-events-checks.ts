@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import http, { type ServerResponse } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { MAX_STREAM_JOBS } from '../../../lib/http/sse.js';
 import type { Offload } from '../../../lib/offload.js';
+import type { OffloadRequest, OwnerHook } from '../../../lib/options.js';
 import {
   as,
   expectProblem,
@@ -10,10 +12,13 @@ import {
   rawRequest,
   type SseEvent,
   type SseStream,
+  Steps,
   stepsById,
   stepsTask,
+  userOwner,
 } from '../../helpers/create-server.js';
-import { eventually } from '../../helpers/eventually.js';
+import { eventually, sleep } from '../../helpers/eventually.js';
+import { stalledReader } from '../../helpers/stalled-reader.js';
 
 export const RETRY_MS = 500;
 export const HEARTBEAT_MS = 50;
@@ -47,17 +52,42 @@ function assertConsecutive(values: number[]): void {
 
 /**
  * `GET /jobs/events?ids=` as both frameworks answer it: the same requests get the same answers.
- * `start` builds an app with `heartbeat: HEARTBEAT_MS`, `sseRetry: RETRY_MS`, the `X-User` owner
- * hook and `worker.progressInterval: 0`; the checks register their own tasks on its core.
+ * `start(owner)` builds an app with `heartbeat: HEARTBEAT_MS`, `sseRetry: RETRY_MS`, `owner` as
+ * its owner hook (the `X-User` one, which holds requests sent with `X-Hold` until the test lets
+ * them go) and `worker.progressInterval: 0`; the checks register their own tasks on its core.
  */
-export function multiEventsChecks(name: string, start: () => Promise<MultiEventsApp>): void {
+export function multiEventsChecks(name: string, start: (owner: OwnerHook) => Promise<MultiEventsApp>): void {
   describe(name, () => {
     let app: MultiEventsApp;
     const stepsFor = stepsById();
+    /** Requests the owner hook holds, in arrival order, and the gate they wait at. */
+    const held: OffloadRequest[] = [];
+    const hold = new Steps();
+    let flooding = true;
 
     before(async () => {
-      app = await start();
+      app = await start(async (req: OffloadRequest) => {
+        if (req.headers['x-hold']) {
+          held.push(req);
+          await hold.next();
+        }
+        return userOwner(req);
+      });
       app.core.task('multi-steps', stepsTask(stepsFor), { attempts: 1 });
+      // Progress as fast as the broker takes it, 16 KiB a time, until the test says stop.
+      app.core.task(
+        'multi-flood',
+        async (_p, job) => {
+          await stepsFor(job.id).next(job.signal);
+          const message = 'x'.repeat(16 * 1024);
+          for (let i = 0; flooding && i < 4000; i++) {
+            await job.progress(i % 100, message);
+            await new Promise((r) => setImmediate(r));
+          }
+          return null;
+        },
+        { attempts: 1 },
+      );
       app.core.task(
         'multi-fail',
         async (_p, job) => {
@@ -369,6 +399,76 @@ export function multiEventsChecks(name: string, start: () => Promise<MultiEvents
       await eventually(() => app.core.events.listenerCount === base, 'b’s listener to go');
       await eventually(() => app.core.streams.size === streams, 'the stream to go');
       stepsFor(b).release();
+    });
+
+    it('sets nothing up for a client that left while its request was being checked (either route)', async () => {
+      const id = await submit(1);
+      await runs(id);
+      for (const path of [`/jobs/events?ids=${id}`, `/jobs/${id}/events`]) {
+        const listeners = app.core.events.listenerCount;
+        const streams = app.core.streams.size;
+        const client = http.request(`${app.baseUrl}${path}`, { headers: as('alice', { 'x-hold': '1' }) });
+        client.on('error', () => {});
+        client.end();
+        const req = await eventually(
+          () => held.length > 0 && held.pop(),
+          `${path}: the owner hook to hold it`,
+        );
+        const res = (req as unknown as { res: ServerResponse }).res;
+        client.destroy();
+        await eventually(() => res.destroyed, `${path}: the server to see the client go`);
+        hold.release();
+        // The route goes on (reads the job) and would open the stream now; give it some heartbeats.
+        await sleep(HEARTBEAT_MS * 5);
+        assert.equal(res.headersSent, false, `${path}: nothing written to a client that is gone`);
+        assert.equal(app.core.streams.size, streams, `${path}: no stream left open`);
+        assert.equal(app.core.events.listenerCount, listeners, `${path}: no listener left on the job`);
+      }
+      // The same wait with the client still there: the stream opens once the hook answers.
+      const listeners = app.core.events.listenerCount;
+      const opening = openSse(url(id), as('alice', { 'x-hold': '1' }));
+      await eventually(() => held.length > 0 && held.pop(), 'the owner hook to hold it');
+      hold.release();
+      const s = await opening;
+      await s.until((x) => x.events.some((e) => e.event === 'snapshot'), 'the snapshot');
+      assert.equal(app.core.events.listenerCount, listeners + 1);
+      s.close();
+      await eventually(() => app.core.events.listenerCount === listeners, 'the listener to go');
+      stepsFor(id).release();
+    });
+
+    it('drops a stream whose reader stopped reading, and keeps the one that reads', async () => {
+      const id = await submit(1, 'alice', 'multi-flood');
+      await runs(id);
+      const streams = app.core.streams.size;
+      const listeners = app.core.events.listenerCount;
+      const reading = await openSse(url(id), as('alice'));
+      await reading.until((x) => x.events.some((e) => e.event === 'snapshot'), 'the snapshot');
+      const stalled = await stalledReader(url(id), 'event: snapshot', as('alice'));
+      assert.equal(app.core.streams.size, streams + 2);
+      flooding = true;
+      stepsFor(id).release();
+      try {
+        await eventually(() => app.core.streams.size === streams + 1, 'the stalled stream to be dropped', {
+          timeoutMs: 30_000,
+        });
+        // Dropped for falling behind, not ended by the job's end.
+        assert.equal((await app.core.get(id))?.status, 'running');
+      } finally {
+        flooding = false;
+      }
+      assert.equal(app.core.events.listenerCount, listeners + 1, 'its listener went with it');
+      // Read again, the stalled client finds its connection over: EventSource would reconnect.
+      await stalled.drainToEnd();
+      await reading.until(
+        (x) => x.events.some((e) => e.event === 'succeeded'),
+        'the reading client to see the end',
+        30_000,
+      );
+      const seqs = eventsOf(reading, id).map((e) => e.json.seq as number);
+      assertConsecutive(seqs);
+      assert.ok(seqs.length > 64, `the reader took every event of the flood (${seqs.length})`);
+      await reading.untilEnded();
     });
   });
 }

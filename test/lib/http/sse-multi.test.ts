@@ -12,8 +12,9 @@ import {
 import { eventually } from '../../helpers/eventually.js';
 import { HEARTBEAT_MS, multiEventsChecks, RETRY_MS } from './multi-events-checks.js';
 
-multiEventsChecks('GET /jobs/events?ids= (Express)', async () => {
+multiEventsChecks('GET /jobs/events?ids= (Express)', async (owner) => {
   const server = await createServer({
+    owner,
     heartbeat: HEARTBEAT_MS,
     sseRetry: RETRY_MS,
     worker: { progressInterval: 0, concurrency: 20 },

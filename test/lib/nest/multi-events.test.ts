@@ -1,16 +1,15 @@
 import 'reflect-metadata';
 import { silentLogger } from '../../../lib/logger.js';
 import { OffloadModule } from '../../../lib/nest/offload.module.js';
-import { userOwner } from '../../helpers/create-server.js';
 import { startNestApp } from '../../helpers/nest-app.js';
 import { HEARTBEAT_MS, multiEventsChecks, RETRY_MS } from '../http/multi-events-checks.js';
 
-multiEventsChecks('GET /jobs/events?ids= (Nest)', async () => {
+multiEventsChecks('GET /jobs/events?ids= (Nest)', async (owner) => {
   const t = await startNestApp({
     imports: [
       OffloadModule.forRoot({
         logger: silentLogger,
-        owner: userOwner,
+        owner,
         heartbeat: HEARTBEAT_MS,
         sseRetry: RETRY_MS,
         worker: { progressInterval: 0, concurrency: 20, gracePeriod: 100 },
