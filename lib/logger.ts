@@ -27,3 +27,21 @@ export const IMPLICIT_LOGGER: unique symbol = Symbol.for('offload.implicitLogger
 export function isImplicitLogger(logger: Logger | undefined): boolean {
   return logger !== undefined && (logger as { [IMPLICIT_LOGGER]?: boolean })[IMPLICIT_LOGGER] === true;
 }
+
+/** A log entry's fields for a text line or a JSON record: an Error becomes its message (and code). */
+export function plainFields(fields: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) {
+    const code = v instanceof Error ? (v as { code?: unknown }).code : undefined;
+    out[k] = v instanceof Error ? (code ? `${v.message} (${code})` : v.message) : v;
+  }
+  return out;
+}
+
+/** `message key=value …` for loggers that print one text line per entry (strings quoted when needed). */
+export function textLine(message: string, fields: object): string {
+  const pairs = Object.entries(plainFields(fields))
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s|"/.test(v) ? v : JSON.stringify(v)}`);
+  return pairs.length ? `${message} ${pairs.join(' ')}` : message;
+}

@@ -12,7 +12,7 @@ import type {
   SettleResult,
   Unsubscribe,
 } from '../../lib/broker.js';
-import { eventsAfter, idempotencyScope } from '../../lib/broker-support.js';
+import { eventsAfter, idempotencyScope, newJobRecord } from '../../lib/broker-support.js';
 import { QueueFullError } from '../../lib/errors.js';
 import {
   isTerminal,
@@ -121,29 +121,12 @@ export class MemoryBroker implements Broker {
       throw new QueueFullError(input.maxQueued);
     }
     const now = Date.now();
-    const job: JobRecord = {
-      id: randomUUID(),
-      task: input.task,
-      payload: cloneData(input.payload),
-      status: 'queued',
-      progress: null,
-      result: null,
-      error: null,
-      attempts: 0,
-      maxAttempts: input.maxAttempts,
-      runAt: input.runAt ?? now,
+    const job = newJobRecord(input, randomUUID(), cloneData(input.payload), {
       createdAt: now,
-      startedAt: null,
-      finishedAt: null,
-      expireAt: input.expireAt ?? null,
-      timeoutMs: input.timeoutMs ?? null,
-      owner: input.owner,
-      idempotencyKey: input.idempotencyKey ?? null,
-      payloadHash: input.payloadHash ?? null,
-      cancelRequested: false,
-      seq: 0,
-      logs: [],
-    };
+      runAt: input.runAt ?? now,
+    });
+    // The queued event below counts it: seq 1, as the stores that write the event with the record.
+    job.seq = 0;
     const entry: Entry = { job, token: null, leaseUntil: 0, events: [], readyOrder: 0 };
     this.jobs.set(job.id, entry);
     this.statusCounts.queued++;

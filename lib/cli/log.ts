@@ -1,4 +1,4 @@
-import type { Logger } from '../logger.js';
+import { type Logger, plainFields, textLine } from '../logger.js';
 import type { CliIo } from './common.js';
 
 export type LogFormat = 'text' | 'json';
@@ -15,32 +15,15 @@ export function cliLogger(io: CliIo, format: LogFormat, level: LogLevel): Logger
   const min = LEVELS[level];
   const write = (lvl: LogLevel) => (fields: object, message: string) => {
     if (LEVELS[lvl] < min) return;
-    const f = flatten(fields);
     if (format === 'json') {
-      io.err(`${JSON.stringify({ level: LEVELS[lvl], time: Date.now(), msg: message, ...f })}\n`);
+      io.err(
+        `${JSON.stringify({ level: LEVELS[lvl], time: Date.now(), msg: message, ...plainFields(fields) })}\n`,
+      );
       return;
     }
-    const pairs = Object.entries(f)
-      .filter(([, v]) => v !== undefined)
-      .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s|"/.test(v) ? v : JSON.stringify(v)}`);
-    io.err(
-      `${new Date().toISOString()} ${lvl.padEnd(5)} ${message}${pairs.length ? ` ${pairs.join(' ')}` : ''}\n`,
-    );
+    io.err(`${new Date().toISOString()} ${lvl.padEnd(5)} ${textLine(message, fields)}\n`);
   };
   return { debug: write('debug'), info: write('info'), warn: write('warn'), error: write('error') };
-}
-
-/** Errors become their message (and code); the rest is kept as is. */
-function flatten(fields: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(fields)) {
-    if (v instanceof Error) {
-      out[k] = (v as Error & { code?: unknown }).code
-        ? `${v.message} (${(v as { code?: unknown }).code})`
-        : v.message;
-    } else out[k] = v;
-  }
-  return out;
 }
 
 export function parseLogOptions(

@@ -1,5 +1,5 @@
 import { Logger as NestLogger } from '@nestjs/common';
-import { IMPLICIT_LOGGER, type Logger } from '../logger.js';
+import { IMPLICIT_LOGGER, type Logger, textLine } from '../logger.js';
 
 /**
  * offload's logger in a Nest app that passes none: Nest's `Logger` (context `offload`), so job
@@ -10,15 +10,7 @@ import { IMPLICIT_LOGGER, type Logger } from '../logger.js';
  */
 export function nestLogger(context = 'offload'): Logger {
   const nest = new NestLogger(context);
-  const line = (fields: object, message: string) => {
-    const pairs = Object.entries(fields)
-      .filter(([, v]) => v !== undefined)
-      .map(([k, v]) => {
-        const value = v instanceof Error ? v.message : v;
-        return `${k}=${typeof value === 'string' && !/\s|"/.test(value) ? value : JSON.stringify(value)}`;
-      });
-    return pairs.length ? `${message} ${pairs.join(' ')}` : message;
-  };
+  const line = (fields: object, message: string) => textLine(message, fields);
   return {
     // Nest's lowest level: a job's start line is the chattiest offload writes.
     debug: (fields, message) => nest.verbose(line(fields, message)),

@@ -1,7 +1,11 @@
 // Debian's Chromium driven by playwright-core, for the browser tests (npm run test:e2e).
 import { mkdirSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { type Browser, chromium, type Page } from 'playwright-core';
+import type { OffloadMiddleware } from '../../lib/express.js';
+import { createApp } from '../../samples/express/app.js';
 
 /** Where screenshots go: test-output/e2e/ at the repository root. */
 export const SHOTS = resolve(__dirname, '../../../test-output/e2e');
@@ -20,4 +24,29 @@ export async function screenshot(page: Page, name: string): Promise<string> {
   const path = join(SHOTS, `${name}.png`);
   await page.screenshot({ path, fullPage: true });
   return path;
+}
+
+/** The Express sample on the memory broker, listening on 127.0.0.1 (a free port). */
+export interface RunningSample {
+  base: string;
+  jobs: OffloadMiddleware;
+  server: Server;
+  /** Stop the jobs, drop open connections (SSE), close the server. */
+  close(): Promise<void>;
+}
+
+export async function startExpressSample(workers: number): Promise<RunningSample> {
+  const { app, jobs } = createApp({ brokerUrl: 'memory:', workers });
+  const server = app.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  return {
+    base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    jobs,
+    server,
+    async close() {
+      await jobs.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }

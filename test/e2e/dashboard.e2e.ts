@@ -3,29 +3,20 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { Browser, BrowserContext } from 'playwright-core';
 import type { OffloadMiddleware } from '../../lib/express.js';
-import { createApp } from '../../samples/express/app.js';
-import { launchChromium, screenshot } from './browser.js';
+import { launchChromium, type RunningSample, screenshot, startExpressSample } from './browser.js';
 
 describe('the dashboard in Chromium', () => {
   let browser: Browser;
   let context: BrowserContext;
   let base: string;
   let jobs: OffloadMiddleware;
-  let close: () => Promise<void>;
+  let sample: RunningSample;
   before(async () => {
-    const sample = createApp({ brokerUrl: 'memory:', workers: 2 });
-    jobs = sample.jobs;
-    const server = sample.app.listen(0, '127.0.0.1');
-    await new Promise((r) => server.once('listening', r));
-    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    close = async () => {
-      await jobs.close();
-      await new Promise((r) => server.close(r));
-    };
+    sample = await startExpressSample(2);
+    ({ base, jobs } = sample);
     browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1400, height: 800 } });
     // The sample's stand-in admin: the demo user named admin.
@@ -34,7 +25,7 @@ describe('the dashboard in Chromium', () => {
   after(async () => {
     await context?.close();
     await browser?.close();
-    await close?.();
+    await sample?.close();
   });
 
   it('refuses a caller who is not the admin (the app guard in front)', async () => {
@@ -121,12 +112,10 @@ describe('the dashboard in Chromium, reading its list again', () => {
   let base: string;
   let jobs: OffloadMiddleware;
   let server: Server;
+  let sample: RunningSample;
   before(async () => {
-    const sample = createApp({ brokerUrl: 'memory:', workers: 1 });
-    jobs = sample.jobs;
-    server = sample.app.listen(0, '127.0.0.1');
-    await new Promise((r) => server.once('listening', r));
-    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    sample = await startExpressSample(1);
+    ({ base, jobs, server } = sample);
     browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1400, height: 800 } });
     await context.addCookies([{ name: 'user', value: 'admin', url: base }]);
@@ -134,9 +123,7 @@ describe('the dashboard in Chromium, reading its list again', () => {
   after(async () => {
     await context?.close();
     await browser?.close();
-    await jobs?.close();
-    server?.closeAllConnections();
-    await new Promise((r) => server?.close(r));
+    await sample?.close();
   });
 
   it('keeps the rows of Load more, the open detail and its focus across a reconnect and a burst of new jobs', async () => {

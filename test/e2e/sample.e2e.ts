@@ -2,11 +2,9 @@
 // 100 %, a running job is canceled, ten jobs share one events connection, and with the events
 // URL blocked the client falls back to polling. Run on the Express sample.
 import assert from 'node:assert/strict';
-import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
-import { createApp } from '../../samples/express/app.js';
-import { launchChromium, screenshot } from './browser.js';
+import { launchChromium, type RunningSample, screenshot, startExpressSample } from './browser.js';
 
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
 const POLL = new RegExp(`/jobs/${UUID}(\\?|$)`);
@@ -45,21 +43,15 @@ async function allSucceeded(page: Page, n: number): Promise<void> {
 describe('the sample page in Chromium', () => {
   let browser: Browser;
   let base: string;
-  let close: () => Promise<void>;
+  let sample: RunningSample;
   before(async () => {
-    const { app, jobs } = createApp({ brokerUrl: 'memory:', workers: 10 });
-    const server = app.listen(0, '127.0.0.1');
-    await new Promise((r) => server.once('listening', r));
-    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    close = async () => {
-      await jobs.close();
-      await new Promise((r) => server.close(r));
-    };
+    sample = await startExpressSample(10);
+    base = sample.base;
     browser = await launchChromium();
   });
   after(async () => {
     await browser?.close();
-    await close?.();
+    await sample?.close();
   });
 
   it('submits a report and its progress bar reaches 100 %', async () => {

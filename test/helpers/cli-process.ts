@@ -1,13 +1,8 @@
 // Run the real `offload` bin (build/lib/cli/main.js) as a child process, as a user's shell or
 // cron would, and the brokers the CLI tests run it against.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import IORedis from 'ioredis';
-import { Pool } from 'pg';
-import { deletePrefix } from './redis-server.js';
+import { resolve } from 'node:path';
+import { postgresUrl, redisUrl, sqliteUrl } from './broker-urls.js';
 
 export const BIN = resolve(__dirname, '../../lib/cli/main.js');
 /** The compiled fixture app (test/fixtures/cli-app.fixture.ts). */
@@ -67,58 +62,9 @@ export interface CliBroker {
   cleanup(): Promise<void>;
 }
 
-const REDIS = 'redis://127.0.0.1:6379';
-const POSTGRES = 'postgres://postgres@127.0.0.1:5432/test';
-
 /** A fresh broker of each kind for one test: a new SQLite file, Redis prefix, PostgreSQL schema. */
 export const CLI_BROKERS: { name: CliBroker['name']; make(): CliBroker }[] = [
-  {
-    name: 'sqlite',
-    make() {
-      const dir = mkdtempSync(join(tmpdir(), 'offload-cli-'));
-      return {
-        name: 'sqlite',
-        url: `sqlite:${join(dir, 'jobs.db')}`,
-        async cleanup() {
-          rmSync(dir, { recursive: true, force: true });
-        },
-      };
-    },
-  },
-  {
-    name: 'redis',
-    make() {
-      const prefix = `offload-cli-${randomUUID().slice(0, 8)}`;
-      return {
-        name: 'redis',
-        url: `${REDIS}?prefix=${prefix}`,
-        async cleanup() {
-          const client = new IORedis(REDIS);
-          try {
-            await deletePrefix(client, prefix);
-          } finally {
-            client.disconnect();
-          }
-        },
-      };
-    },
-  },
-  {
-    name: 'postgres',
-    make() {
-      const schema = `offload_cli_${randomUUID().slice(0, 8)}`;
-      return {
-        name: 'postgres',
-        url: `${POSTGRES}?schema=${schema}`,
-        async cleanup() {
-          const pool = new Pool({ connectionString: POSTGRES, max: 1 });
-          try {
-            await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-          } finally {
-            await pool.end();
-          }
-        },
-      };
-    },
-  },
+  { name: 'sqlite', make: () => ({ name: 'sqlite', ...sqliteUrl('cli') }) },
+  { name: 'redis', make: () => ({ name: 'redis', ...redisUrl('cli') }) },
+  { name: 'postgres', make: () => ({ name: 'postgres', ...postgresUrl('cli') }) },
 ];

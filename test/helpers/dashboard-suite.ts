@@ -4,55 +4,21 @@
 // answers 401 without an `X-User` and 403 for anyone but `admin`.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Redis } from 'ioredis';
 import { NonRetryableError } from '../../lib/errors.js';
 import type { Offload } from '../../lib/offload.js';
+import { redisUrl, sqliteUrl, type TestBrokerUrl } from './broker-urls.js';
 import { expectProblem, openSse, rawRequest, stepsById, stepsTask } from './create-server.js';
 import { eventually } from './eventually.js';
-import { deletePrefix } from './redis-server.js';
 
 /** A broker URL for one harness, and how to remove what it left behind. */
-export interface DashboardBroker {
-  url: string;
-  cleanup(): Promise<void>;
-}
-
-const REDIS = process.env.OFFLOAD_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+export type DashboardBroker = TestBrokerUrl;
 
 /** The brokers the dashboard runs on in the tests: in memory, a SQLite file, Redis under a fresh prefix. */
 export const DASHBOARD_BROKERS: { name: string; make(): DashboardBroker }[] = [
   { name: 'memory', make: () => ({ url: 'memory:', cleanup: async () => {} }) },
-  {
-    name: 'SQLite file',
-    make() {
-      const dir = mkdtempSync(join(tmpdir(), 'offload-dashboard-'));
-      return {
-        url: `sqlite:${join(dir, 'jobs.db')}`,
-        cleanup: async () => rmSync(dir, { recursive: true, force: true }),
-      };
-    },
-  },
-  {
-    name: 'Redis',
-    make() {
-      const prefix = `offload-dash-${randomUUID().slice(0, 8)}`;
-      return {
-        url: `${REDIS}?prefix=${prefix}`,
-        async cleanup() {
-          const client = new Redis(REDIS);
-          try {
-            await deletePrefix(client, prefix);
-          } finally {
-            client.disconnect();
-          }
-        },
-      };
-    },
-  },
+  { name: 'SQLite file', make: () => sqliteUrl('dashboard') },
+  { name: 'Redis', make: () => redisUrl('dash') },
 ];
 
 /** What the tasks of the suite let a test drive. */
