@@ -83,6 +83,52 @@ describe('PostgresBroker: schema and migrations', () => {
     }
   });
 
+  it('upgrades a schema at version 1: a lease taken before the upgrade is settled after it', async () => {
+    const schema = fresh();
+    // Version 1 as a database that ran an earlier offload holds it: only migration 1 applied.
+    const all = migrationSql({ schema });
+    await admin.query(all.slice(0, all.indexOf('-- migration 2:')));
+    await admin.query(
+      `SELECT "${schema}".enqueue(gen_random_uuid(), 't', '1', NULL, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL)`,
+    );
+    const old = await admin.query(`SELECT "${schema}".claim('{t}', 1, 60000, 100) AS r`);
+    const lease = JSON.parse(old.rows[0].r).leases[0] as { id: string; token: number };
+    assert.ok(lease, 'claimed through the version 1 functions');
+
+    const broker = new PostgresBroker({ connection: PG_URL, schema });
+    try {
+      const { accepted } = await broker.settle(
+        [
+          {
+            jobId: lease.id,
+            token: String(lease.token),
+            outcome: { type: 'complete', result: { ok: true } },
+          },
+        ],
+        { tasks: ['t'], limit: 0, leaseMs: 1000, workerId: 'test' },
+      );
+      assert.deepEqual(accepted, [true]);
+      const { rows } = await admin.query(`SELECT version FROM "${schema}".migration ORDER BY version`);
+      assert.deepEqual(
+        rows.map((r) => r.version),
+        loadMigrations().map((m) => m.version),
+      );
+      const job = await broker.get(lease.id);
+      assert.equal(job?.status, 'succeeded');
+      assert.deepEqual(job?.result, { ok: true });
+      assert.deepEqual(
+        (await broker.history(lease.id, 0))?.map((e) => [e.seq, e.status]),
+        [
+          [1, 'queued'],
+          [2, 'running'],
+          [3, 'succeeded'],
+        ],
+      );
+    } finally {
+      await broker.close();
+    }
+  });
+
   it('refuses a schema name that is not a plain identifier', () => {
     for (const schema of ['', 'a-b', 'x"; DROP TABLE y; --', '1abc', 'a'.repeat(49)]) {
       assert.throws(() => new PostgresBroker({ connection: PG_URL, schema }), ConfigError, schema);
@@ -120,6 +166,70 @@ describe('PostgresBroker: notifications', () => {
       [1, 2, 3],
     );
     off();
+  });
+
+  it('sends the events of a settle too large for one NOTIFY in several, each job in seq order', async () => {
+    const events: JobEvent[] = [];
+    const off = await broker.subscribe((e) => events.push(e));
+    const request = { tasks: ['t'], limit: 40, leaseMs: 5000, workerId: 'test' };
+    for (let i = 0; i < 80; i++) await broker.enqueue({ task: 't', payload: i, owner: null, maxAttempts: 1 });
+    const first = await broker.claim(request);
+    assert.equal(first.length, 40);
+    // 40 results of about 500 bytes: some 20 kB of events, more than three NOTIFY payloads.
+    const result = (i: number) => ({ i, text: 'r'.repeat(500) });
+    const { accepted, leases } = await broker.settle(
+      first.map((l, i) => ({
+        jobId: l.job.id,
+        token: l.token,
+        outcome: { type: 'complete', result: result(i) },
+      })),
+      request,
+    );
+    assert.deepEqual(
+      accepted,
+      first.map(() => true),
+    );
+    assert.equal(leases.length, 40, 'and claimed the next 40');
+    await eventually(
+      () =>
+        events.filter((e) => e.status === 'succeeded').length === 40 &&
+        events.filter((e) => e.status === 'running').length === 80,
+      'every event of the settle',
+    );
+    first.forEach((l, i) => {
+      const mine = events.filter((e) => e.jobId === l.job.id);
+      assert.deepEqual(
+        mine.map((e) => e.seq),
+        [1, 2, 3],
+        'in seq order',
+      );
+      assert.deepEqual(mine.at(-1)?.result, result(i));
+    });
+    off();
+  });
+
+  it('keeps historyLimit events per job, the settle trimming too', async () => {
+    const small = new PostgresBroker({ connection: PG_URL, schema, historyLimit: 5 });
+    try {
+      const { job } = await small.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+      const [lease] = await small.claim({ tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' });
+      for (let p = 1; p <= 8; p++) assert.ok(await small.progress(job.id, lease!.token, { percent: p }));
+      assert.ok(await small.complete(job.id, lease!.token, 'done'));
+      // seq 1 queued, 2 running, 3..10 progress, 11 succeeded: only 7..11 are kept.
+      assert.equal((await small.get(job.id))?.seq, 11);
+      assert.equal(await small.history(job.id, 5), null);
+      assert.deepEqual(
+        (await small.history(job.id, 6))?.map((e) => e.seq),
+        [7, 8, 9, 10, 11],
+      );
+      const { rows } = await admin.query(
+        `SELECT count(*)::int AS n FROM "${schema}".event WHERE job_id = $1`,
+        [job.id],
+      );
+      assert.equal(rows[0].n, 5, 'the table holds the cap, not every event');
+    } finally {
+      await small.close();
+    }
   });
 
   it('listens again after its connection is cut, and wakes the workers then', async () => {
