@@ -112,7 +112,11 @@ BEGIN
         ord = CASE WHEN {{schema}}.run_end(r.outcome, r.retry_at, j.cancel_requested) = 'queued'
                    THEN nextval('{{schema}}.ord_seq') ELSE j.ord END
       FROM runs r
-      WHERE j.id = r.id AND j.status = 'running' AND j.token = r.token
+      -- The rows are read through the primary key (`id = ANY`: in id order). The token is
+      -- compared only while the job runs, in a form job_running cannot serve: with `status =
+      -- 'running'` spelled out, the generic plan reads every running job through that index.
+      WHERE j.id = ANY (p_ids) AND j.id = r.id
+        AND CASE WHEN j.status = 'running' THEN j.token END = r.token
       RETURNING r.n, j.id, j.seq, j.status, j.run_at,
         '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || now_ms
           || ',"type":"status","status":"' || j.status || '","attempts":' || j.attempts
@@ -148,7 +152,7 @@ BEGIN
       RETURNING j.id, j.seq, j.attempts, j.error
     ),
     picked AS (
-      SELECT id FROM {{schema}}.job
+      SELECT ctid FROM {{schema}}.job
       WHERE status = 'queued' AND run_at <= now_ms AND task = ANY (p_tasks)
         AND (expire_at IS NULL OR started_at IS NOT NULL OR expire_at > now_ms)
       ORDER BY run_at, ord
@@ -159,7 +163,8 @@ BEGIN
       UPDATE {{schema}}.job j SET status = 'running', attempts = j.attempts + 1, started_at = now_ms,
         token = nextval('{{schema}}.token_seq'), lease_until = now_ms + p_lease_ms, seq = j.seq + 1
       FROM picked
-      WHERE j.id = picked.id
+      -- By row address: the rows are locked, so their addresses hold until this update.
+      WHERE j.ctid = picked.ctid
       RETURNING j.*
     ),
     events AS (
