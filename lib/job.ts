@@ -119,9 +119,12 @@ export function publicError(error: JobError, exposeStack: boolean): JobError {
   return out;
 }
 
-/** UUID v4 in canonical form; anything else in a status URL is a 404 before the broker is asked. */
-const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+/**
+ * A job id: a UUID in canonical form, version 4 (random) or 7 (time-ordered: PostgreSQL's ids begin
+ * with their job's creation time). Anything else in a status URL is a 404 before the broker is asked.
+ */
+const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 export function isJobId(value: string): boolean {
-  return value.length === 36 && UUID_V4.test(value);
+  return value.length === 36 && JOB_ID.test(value);
 }

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Client, Pool, PoolConfig } from 'pg';
 import type {
   Broker,
@@ -156,13 +156,13 @@ export class PostgresBroker implements Broker {
 
   async enqueue(input: EnqueueInput): Promise<EnqueueResult> {
     const idem = hashedIdempotencyScope(input);
-    const id = randomUUID();
     const payload = JSON.stringify(input.payload);
     const reply = await this.call<string | null>(
       'enqueue',
       `SELECT ${this.s}.enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS r`,
       [
-        id,
+        // The id: made by the function, ordered by creation time (lists read the primary key).
+        null,
         input.task,
         payload,
         input.owner,
@@ -179,12 +179,13 @@ export class PostgresBroker implements Broker {
     if (reply === null) throw new QueueFullError(input.maxQueued!);
     const parsed = JSON.parse(reply) as {
       created: boolean;
+      id: string;
       createdAt: number;
       runAt: number;
       job?: JobRow;
     };
     if (!parsed.created) return { job: recordFromRow(parsed.job!), created: false };
-    const job = newJobRecord(input, id, JSON.parse(payload) as Json, {
+    const job = newJobRecord(input, parsed.id, JSON.parse(payload) as Json, {
       createdAt: parsed.createdAt,
       runAt: parsed.runAt,
     });
@@ -363,17 +364,16 @@ export class PostgresBroker implements Broker {
     if (query.task) add('task = ?', query.task);
     const after = query.cursor ? decodeCursor(query.cursor) : null;
     if (after) {
-      values.push(after.createdAt, after.id);
-      where.push(`(created_at, id) < ($${values.length - 1}, $${values.length})`);
+      add('id < ?', after.id);
     }
     values.push(query.limit + 1);
-    // Newest first through job_created or job_owner; one row more than the page says whether
-    // another page follows. The cursor is a row comparison: no job is skipped or repeated when
-    // jobs share a createdAt.
+    // Newest first through the primary key or job_owner: an id begins with its job's createdAt
+    // (migration 003), so id order is (createdAt, id) order and the cursor's id alone says where
+    // the page ended. One row more than the page says whether another page follows.
     const { rows } = await this.pool.query(
       `SELECT row_to_json(j)::text AS r FROM ${this.s}.job j
        ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-       ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
+       ORDER BY id DESC LIMIT $${values.length}`,
       values,
     );
     const jobs = rows

@@ -167,7 +167,8 @@ const PER_STREAM = 50;
 const MAX_STREAMS = 3;
 /** A stream that has not opened in this long is treated as blocked (a buffering proxy). */
 const OPEN_TIMEOUT = 10_000;
-const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+/** A job id: a canonical UUID, version 4 or 7 (the server's `isJobId`). */
+const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 const abortError = () => new DOMException('Stopped following the job.', 'AbortError');
 const notFound = () => new OffloadError('No such job.', { status: 404, code: 'ERR_OFFLOAD_JOB_NOT_FOUND' });

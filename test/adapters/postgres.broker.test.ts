@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, afterEach, beforeEach, describe, it } from 'node:test';
 import pg from 'pg';
 import { latestVersion, loadMigrations, migrationSql } from '../../adapters/postgres/migrations.js';
 import { PostgresBroker } from '../../adapters/postgres/postgres.broker.js';
 import { ConfigError } from '../../lib/errors.js';
-import type { JobEvent } from '../../lib/job.js';
+import { isJobId, type JobEvent } from '../../lib/job.js';
 import { brokerConformance } from '../conformance/broker.conformance.js';
 import { eventually } from '../helpers/eventually.js';
 
@@ -132,6 +133,100 @@ describe('PostgresBroker: schema and migrations', () => {
   it('refuses a schema name that is not a plain identifier', () => {
     for (const schema of ['', 'a-b', 'x"; DROP TABLE y; --', '1abc', 'a'.repeat(49)]) {
       assert.throws(() => new PostgresBroker({ connection: PG_URL, schema }), ConfigError, schema);
+    }
+  });
+});
+
+describe('PostgresBroker: time-ordered job ids', () => {
+  let broker: PostgresBroker;
+  let schema: string;
+  beforeEach(() => {
+    schema = schemaOf();
+    broker = new PostgresBroker({ connection: PG_URL, schema });
+  });
+  afterEach(async () => {
+    await broker.close();
+    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  });
+
+  it("makes version 7 ids that begin with the job's createdAt; lists page through them newest first", async () => {
+    const jobs = [];
+    // Ten at a time: several jobs share a millisecond, where the id alone orders them.
+    for (let i = 0; i < 6; i++) {
+      const batch = await Promise.all(
+        Array.from({ length: 10 }, (_, k) =>
+          broker.enqueue({ task: 't', payload: i * 10 + k, owner: k % 2 ? 'alice' : null, maxAttempts: 1 }),
+        ),
+      );
+      jobs.push(...batch.map((r) => r.job));
+    }
+    for (const job of jobs) {
+      assert.ok(isJobId(job.id), job.id);
+      assert.equal(job.id[14], '7', `${job.id} is version 7`);
+      assert.equal(
+        parseInt(job.id.replace('-', '').slice(0, 12), 16),
+        job.createdAt,
+        'begins with createdAt',
+      );
+    }
+    const newestFirst = [...jobs].sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? 1 : -1));
+    const page = async (owner: string | null | undefined) => {
+      const seen = [];
+      let cursor: string | undefined;
+      do {
+        const got = await broker.list({ owner, cursor, limit: 7 });
+        seen.push(...got.jobs.map((j) => j.id));
+        cursor = got.nextCursor ?? undefined;
+      } while (cursor);
+      return seen;
+    };
+    assert.deepEqual(
+      await page(undefined),
+      newestFirst.map((j) => j.id),
+    );
+    assert.deepEqual(
+      await page('alice'),
+      newestFirst.filter((j) => j.owner === 'alice').map((j) => j.id),
+    );
+    assert.deepEqual(
+      await page(null),
+      newestFirst.filter((j) => j.owner === null).map((j) => j.id),
+    );
+  });
+
+  it('purges finished jobs by their ids, and the random ids of jobs enqueued before migration 003', async () => {
+    const { job: recent } = await broker.enqueue({ task: 't', payload: 1, owner: null, maxAttempts: 1 });
+    // Jobs as an earlier offload stored them: random (version 4) ids, finished an hour ago.
+    const old = Array.from({ length: 3 }, () => randomUUID());
+    const hourAgo = Date.now() - 3_600_000;
+    for (const id of old) {
+      await admin.query(
+        `INSERT INTO "${schema}".job (id, task, payload, status, max_attempts, run_at, ord, created_at, finished_at, attempts)
+         VALUES ($1, 't', '1', 'succeeded', 1, $2, 0, $2, $2, 1)`,
+        [id, hourAgo - 1000],
+      );
+    }
+    const [lease] = await broker.claim({ tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' });
+    assert.ok(await broker.complete(recent.id, lease!.token, null));
+    // Only the ones that finished before the cutoff go: the recent job stays.
+    assert.equal(await broker.purge(Date.now() - 60_000), old.length);
+    for (const id of old) assert.equal(await broker.get(id), null);
+    assert.equal((await broker.get(recent.id))?.status, 'succeeded');
+    assert.equal(await broker.purge(Date.now() + 1000), 1);
+    assert.equal(await broker.get(recent.id), null);
+  });
+
+  it('isJobId takes canonical version 4 and 7 UUIDs only', () => {
+    assert.ok(isJobId(randomUUID()));
+    assert.ok(isJobId('019a8b7c-1d2e-7f30-8a4b-5c6d7e8f9a0b'));
+    for (const id of [
+      '019a8b7c-1d2e-1f30-8a4b-5c6d7e8f9a0b', // version 1
+      '019a8b7c-1d2e-8f30-8a4b-5c6d7e8f9a0b', // version 8
+      '019a8b7c-1d2e-7f30-4a4b-5c6d7e8f9a0b', // not the RFC variant
+      '019A8B7C-1D2E-7F30-8A4B-5C6D7E8F9A0B', // not canonical (upper case)
+      '019a8b7c1d2e7f308a4b5c6d7e8f9a0b',
+    ]) {
+      assert.equal(isJobId(id), false, id);
     }
   });
 });

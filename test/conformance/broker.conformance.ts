@@ -131,7 +131,7 @@ export function brokerConformance(
         );
         const after = Date.now();
         assert.equal(created, true);
-        assert.ok(isJobId(job.id), `${job.id} is a canonical UUID v4`);
+        assert.ok(isJobId(job.id), `${job.id} is a canonical UUID v4 or v7`);
         assert.equal(job.status, 'queued');
         assert.equal(job.seq, 1);
         assert.equal(job.task, 'alpha');
