@@ -138,20 +138,40 @@ BEGIN
   END IF;
 
   IF p_limit > 0 AND cardinality(p_tasks) > 0 THEN
-    WITH expired AS (
-      UPDATE {{schema}}.job j SET status = 'failed', seq = j.seq + 1, finished_at = now_ms,
-        error = '{"message":"The job was not started before its age limit.","code":"ERR_OFFLOAD_EXPIRED"}'
-      WHERE j.id IN (
-        SELECT id FROM {{schema}}.job
-        WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL AND expire_at <= now_ms
-          AND run_at <= now_ms AND task = ANY (p_tasks)
-        ORDER BY expire_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
+    -- Due jobs past their age limit that never started are failed, in a statement of its own that
+    -- runs only when the probe through job_expiring finds one: the usual call has none, and skips
+    -- setting up an UPDATE for it.
+    IF EXISTS (
+      SELECT 1 FROM {{schema}}.job
+      WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL AND expire_at <= now_ms
+        AND run_at <= now_ms AND task = ANY (p_tasks)
+    ) THEN
+      WITH expired AS (
+        UPDATE {{schema}}.job j SET status = 'failed', seq = j.seq + 1, finished_at = now_ms,
+          error = '{"message":"The job was not started before its age limit.","code":"ERR_OFFLOAD_EXPIRED"}'
+        WHERE j.id IN (
+          SELECT id FROM {{schema}}.job
+          WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL AND expire_at <= now_ms
+            AND run_at <= now_ms AND task = ANY (p_tasks)
+          ORDER BY expire_at
+          LIMIT p_limit
+          FOR UPDATE SKIP LOCKED
+        )
+        RETURNING j.id, j.seq, '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || now_ms
+          || ',"type":"status","status":"failed","attempts":' || j.attempts || ',"result":null,"error":'
+          || j.error || '}' AS body
+      ),
+      kept AS (
+        INSERT INTO {{schema}}.event (job_id, seq, body) SELECT id, seq, body FROM expired
       )
-      RETURNING j.id, j.seq, j.attempts, j.error
-    ),
-    picked AS (
+      SELECT ev_ids || coalesce(array_agg(id), '{}'), ev_seqs || coalesce(array_agg(seq), '{}'),
+        ev_bodies || coalesce(array_agg(body), '{}'), ev_bytes + coalesce(sum(octet_length(body) + 1), 0),
+        greatest(top, max(seq))
+      INTO ev_ids, ev_seqs, ev_bodies, ev_bytes, top
+      FROM expired;
+    END IF;
+
+    WITH picked AS (
       SELECT ctid FROM {{schema}}.job
       WHERE status = 'queued' AND run_at <= now_ms AND task = ANY (p_tasks)
         AND (expire_at IS NULL OR started_at IS NOT NULL OR expire_at > now_ms)
@@ -169,12 +189,7 @@ BEGIN
     ),
     events AS (
       SELECT id, seq, '{"jobId":"' || id || '","seq":' || seq || ',"at":' || now_ms
-          || ',"type":"status","status":"failed","attempts":' || attempts || ',"result":null,"error":' || error
-          || '}' AS body
-      FROM expired
-      UNION ALL
-      SELECT id, seq, '{"jobId":"' || id || '","seq":' || seq || ',"at":' || now_ms
-          || ',"type":"status","status":"running","attempts":' || attempts || '}'
+          || ',"type":"status","status":"running","attempts":' || attempts || '}' AS body
       FROM claimed
     ),
     kept AS (
