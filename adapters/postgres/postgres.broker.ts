@@ -386,14 +386,35 @@ export class PostgresBroker implements Broker {
   async history(jobId: string, afterSeq: number): Promise<JobEvent[] | null> {
     if (!isUuid(jobId)) return null;
     await this.init();
-    // The job's seq and its kept events after afterSeq, read in one statement (one snapshot): an
-    // event committed between two reads cannot slip between them.
+    // The job's seq and its events after afterSeq, read in one statement (one snapshot): an event
+    // committed between two reads cannot slip between them. Three events are read back from the
+    // job itself unless a history row holds them (migrations 002 and 003 stopped writing them):
+    // seq 1, queued at createdAt; seq 2, the first claim, at startedAt until a later claim or an
+    // admin retry writes it down; and a final status, the job's last event. Like kept rows, they
+    // count only within the last historyLimit events.
+    const s = this.s;
     const { rows } = await this.pool.query({
       name: this.names.history,
-      text: `SELECT j.seq, coalesce((SELECT array_agg(e.body ORDER BY e.seq) FROM ${this.s}.event e
-               WHERE e.job_id = j.id AND e.seq > $2), '{}') AS events
-             FROM ${this.s}.job j WHERE j.id = $1`,
-      values: [jobId, afterSeq],
+      text: `SELECT j.seq, coalesce((SELECT array_agg(body ORDER BY seq) FROM (
+                 SELECT e.seq, e.body FROM ${s}.event e WHERE e.job_id = j.id AND e.seq > $2
+                 UNION ALL
+                 SELECT d.seq, d.body FROM (VALUES
+                   (1, '{"jobId":"' || j.id || '","seq":1,"at":' || j.created_at
+                     || ',"type":"status","status":"queued","attempts":0}'),
+                   (2, CASE WHEN j.started_at IS NOT NULL AND (j.seq > 2 OR j.status = 'running')
+                     THEN '{"jobId":"' || j.id || '","seq":2,"at":' || j.started_at
+                       || ',"type":"status","status":"running","attempts":1}' END),
+                   (j.seq, CASE WHEN j.status IN ('succeeded', 'failed', 'canceled')
+                     THEN '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || j.finished_at
+                       || ',"type":"status","status":"' || j.status || '","attempts":' || j.attempts
+                       || ',"result":' || coalesce(j.result, 'null') || ',"error":' || coalesce(j.error, 'null')
+                       || '}' END)
+                 ) AS d(seq, body)
+                 WHERE d.body IS NOT NULL AND d.seq > $2 AND d.seq > j.seq - $3
+                   AND NOT EXISTS (SELECT 1 FROM ${s}.event e WHERE e.job_id = j.id AND e.seq = d.seq)
+               ) AS events), '{}') AS events
+             FROM ${s}.job j WHERE j.id = $1`,
+      values: [jobId, afterSeq, this.historyLimit],
     });
     const row = rows[0] as { seq: number; events: string[] } | undefined;
     if (!row) return null;
@@ -570,11 +591,9 @@ export class PostgresBroker implements Broker {
       if (event.ref) {
         full = null;
         try {
-          const { rows } = await this.pool.query(
-            `SELECT body FROM ${this.s}.event WHERE job_id = $1 AND seq = $2`,
-            [event.jobId, event.seq],
-          );
-          if (rows[0]) full = JSON.parse(rows[0].body as string) as JobEvent;
+          // Through history(): a final status is read back from the job, not from a kept row.
+          const events = await this.history(event.jobId, event.seq - 1);
+          full = events?.find((e) => e.seq === event.seq) ?? null;
         } catch {
           // Gone or unreadable: the SSE stream sends a snapshot when it sees a gap in seq.
         }

@@ -321,10 +321,68 @@ describe('PostgresBroker: notifications', () => {
         `SELECT count(*)::int AS n FROM "${schema}".event WHERE job_id = $1`,
         [job.id],
       );
-      assert.equal(rows[0].n, 5, 'the table holds the cap, not every event');
+      // Progress 7..10: the final status (11) is read back from the job, the cap covers it too.
+      assert.equal(rows[0].n, 4, 'the table holds the cap, not every event');
     } finally {
       await small.close();
     }
+  });
+
+  it('keeps no history row for a job that ran once, and reads its events back from the job', async () => {
+    const request = { tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' };
+    const { job } = await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    const [lease] = await broker.claim(request);
+    assert.ok(await broker.complete(job.id, lease!.token, { rows: 3 }));
+    const { rows } = await admin.query(`SELECT count(*)::int AS n FROM "${schema}".event`);
+    assert.equal(rows[0].n, 0, 'enqueue, first claim and final status write no history row');
+    const done = (await broker.get(job.id))!;
+    assert.deepEqual(await broker.history(job.id, 0), [
+      { jobId: job.id, seq: 1, at: job.createdAt, type: 'status', status: 'queued', attempts: 0 },
+      { jobId: job.id, seq: 2, at: done.startedAt, type: 'status', status: 'running', attempts: 1 },
+      {
+        jobId: job.id,
+        seq: 3,
+        at: done.finishedAt,
+        type: 'status',
+        status: 'succeeded',
+        attempts: 1,
+        result: { rows: 3 },
+        error: null,
+      },
+    ]);
+  });
+
+  it('writes down the events the job row would forget: a first claim claimed again, a final status retried', async () => {
+    const request = { tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' };
+    const { job } = await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 3 });
+    const [first] = await broker.claim(request);
+    const firstStart = (await broker.get(job.id))!.startedAt;
+    assert.ok(await broker.release(job.id, first!.token));
+    await new Promise((r) => setTimeout(r, 5));
+    const [second] = await broker.claim(request);
+    assert.ok(await broker.fail(job.id, second!.token, { message: 'no' }));
+    const failed = (await broker.get(job.id))!;
+    assert.equal(failed.status, 'failed');
+    assert.notEqual(failed.startedAt, firstStart);
+    const before = await broker.history(job.id, 0);
+    assert.deepEqual(
+      before?.map((e) => [e.seq, e.status, e.attempts]),
+      [
+        [1, 'queued', 0],
+        [2, 'running', 1],
+        [3, 'queued', 0],
+        [4, 'running', 1],
+        [5, 'failed', 1],
+      ],
+    );
+    assert.equal(before?.[1]?.at, firstStart, 'the first claim keeps its own time');
+    assert.ok(await broker.retry(job.id));
+    const after = await broker.history(job.id, 0);
+    assert.deepEqual(after?.slice(0, 5), before, 'a retry keeps the history it replaces');
+    assert.deepEqual(
+      after?.slice(5).map((e) => [e.seq, e.status]),
+      [[6, 'queued']],
+    );
   });
 
   it('listens again after its connection is cut, and wakes the workers then', async () => {

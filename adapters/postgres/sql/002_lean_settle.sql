@@ -129,8 +129,9 @@ BEGIN
           || CASE WHEN j.status = 'queued' THEN '' ELSE ',"result":' || coalesce(j.result, 'null') END
           || ',"error":' || coalesce(j.error, 'null') || '}' AS body
     ),
+    -- Only a run back in the queue leaves a history row: a final status is read back from the job.
     kept AS (
-      INSERT INTO {{schema}}.event (job_id, seq, body) SELECT id, seq, body FROM ended
+      INSERT INTO {{schema}}.event (job_id, seq, body) SELECT id, seq, body FROM ended WHERE status = 'queued'
     )
     SELECT string_agg((e.n IS NOT NULL)::text, ',' ORDER BY r.n),
       coalesce(array_agg(e.id) FILTER (WHERE e.n IS NOT NULL), '{}'),
@@ -178,7 +179,7 @@ BEGIN
     END IF;
 
     WITH picked AS (
-      SELECT ctid FROM {{schema}}.job
+      SELECT ctid, id, started_at FROM {{schema}}.job
       WHERE status = 'queued' AND run_at <= now_ms AND task = ANY (p_tasks)
         AND (expire_at IS NULL OR started_at IS NOT NULL OR expire_at > now_ms)
       ORDER BY run_at, ord
@@ -198,8 +199,17 @@ BEGIN
           || ',"type":"status","status":"running","attempts":' || attempts || '}' AS body
       FROM claimed
     ),
+    -- A job's first claim (seq 2) leaves no history row: history() reads it back from the job
+    -- (started_at) until a later claim overwrites that; then it is written, with the time it had.
     kept AS (
-      INSERT INTO {{schema}}.event (job_id, seq, body) SELECT id, seq, body FROM events
+      INSERT INTO {{schema}}.event (job_id, seq, body)
+      SELECT id, seq, body FROM events WHERE seq <> 2
+      UNION ALL
+      SELECT p.id, 2, '{"jobId":"' || p.id || '","seq":2,"at":' || p.started_at
+          || ',"type":"status","status":"running","attempts":1}'
+      FROM picked p JOIN claimed c ON c.id = p.id
+      WHERE p.started_at IS NOT NULL AND c.seq - p_history < 2
+      ON CONFLICT (job_id, seq) DO NOTHING
     )
     SELECT (SELECT string_agg(row_to_json(c)::text, ',' ORDER BY c.run_at, c.ord) FROM claimed c),
       (SELECT count(*) FROM claimed),
@@ -228,4 +238,30 @@ BEGIN
   END IF;
   RETURN '{"accepted":[' || coalesce(accepted, '') || '],"leases":[' || coalesce(leases, '')
     || '],"nextDue":' || coalesce(next_due::text, 'null') || '}';
+END $$;
+
+-- Admin retry: a failed or canceled job runs again as new (attempts reset). Returns the record,
+-- or NULL when the job is not failed or canceled. The events history() read from the job row
+-- (its final status, its first claim) are written first: the row is about to forget them.
+CREATE OR REPLACE FUNCTION {{schema}}.retry(p_id uuid, p_history integer) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  j {{schema}}.job;
+BEGIN
+  SELECT * INTO j FROM {{schema}}.job WHERE id = p_id AND status IN ('failed', 'canceled') FOR UPDATE;
+  IF NOT FOUND THEN RETURN NULL; END IF;
+  INSERT INTO {{schema}}.event (job_id, seq, body)
+  SELECT j.id, j.seq, '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || j.finished_at
+    || ',"type":"status","status":"' || j.status || '","attempts":' || j.attempts
+    || ',"result":' || coalesce(j.result, 'null') || ',"error":' || coalesce(j.error, 'null') || '}'
+  UNION ALL
+  SELECT j.id, 2, '{"jobId":"' || j.id || '","seq":2,"at":' || j.started_at
+    || ',"type":"status","status":"running","attempts":1}'
+  WHERE j.started_at IS NOT NULL AND j.seq > 2 AND j.seq - p_history < 2
+  ON CONFLICT (job_id, seq) DO NOTHING;
+  UPDATE {{schema}}.job SET cancel_requested = false, result = NULL, progress = NULL, started_at = NULL,
+    finished_at = NULL, expire_at = NULL
+  WHERE id = p_id;
+  PERFORM {{schema}}.requeue(j, {{schema}}.now_ms(), NULL, 0, p_history);
+  SELECT * INTO j FROM {{schema}}.job WHERE id = p_id;
+  RETURN row_to_json(j)::text;
 END $$;

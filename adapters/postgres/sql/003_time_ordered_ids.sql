@@ -65,7 +65,9 @@ BEGIN
     SELECT * INTO j FROM {{schema}}.job WHERE idem = p_idem;
     RETURN '{"created":false,"job":' || row_to_json(j)::text || '}';
   END IF;
-  PERFORM {{schema}}.emit(j.id, 1, '"type":"status","status":"queued","attempts":0');
+  -- Announced, not kept: history() reads a job's first event back from the job (its created_at).
+  PERFORM pg_notify({{channel}} || ':events', '{"jobId":"' || j.id || '","seq":1,"at":' || now_ms
+    || ',"type":"status","status":"queued","attempts":0}');
   PERFORM pg_notify({{channel}} || ':work', j.run_at::text);
   RETURN '{"created":true,"id":"' || j.id || '","createdAt":' || now_ms || ',"runAt":' || j.run_at || '}';
 END $$;
