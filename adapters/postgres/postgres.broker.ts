@@ -86,6 +86,16 @@ export class PostgresBroker implements Broker {
   private readonly listens = new Map<string, Promise<void>>();
   private reconnectTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** Jobs enqueued this turn, announced together once their enqueues committed. */
+  private announcing: { ids: string[]; createdAt: number[]; runAt: number[]; sent: Promise<void> } | null =
+    null;
+  /**
+   * The last seq delivered per job, for the jobs heard of lately (at most 10,000, oldest dropped).
+   * A job's announcement (seq 1) is its own transaction after the enqueue's: a busy worker may
+   * claim the job in between, and its later events then arrive first. Those stale events are
+   * dropped here, so each job's events still arrive in seq order.
+   */
+  private readonly delivered = new Map<string, number>();
 
   constructor(options: PostgresBrokerOptions = {}) {
     this.pg = requireDriver<PgModule>('pg', 'PostgreSQL broker');
@@ -109,7 +119,18 @@ export class PostgresBroker implements Broker {
     this.logLimit = options.logLimit ?? 100;
     const tag = createHash('sha1').update(this.schema).digest('hex').slice(0, 8);
     this.names = {};
-    for (const fn of ['enqueue', 'claim', 'settle', 'renew', 'progress', 'log', 'get', 'history', 'cancel']) {
+    for (const fn of [
+      'enqueue',
+      'announce',
+      'claim',
+      'settle',
+      'renew',
+      'progress',
+      'log',
+      'get',
+      'history',
+      'cancel',
+    ]) {
       this.names[fn] = `offload_${tag}_${fn}`;
     }
     this.channels = {
@@ -192,7 +213,43 @@ export class PostgresBroker implements Broker {
     // NOTIFY reaches this process's listener too, but one still connecting would miss it.
     if (input.runAt !== undefined && input.runAt > Date.now()) this.signals.armWake(input.runAt);
     else this.signals.wakeWorkers();
+    await this.announce(job);
     return { job, created: true };
+  }
+
+  /**
+   * Announce a committed job, its queued event and a wake-up for the workers of every process, in
+   * a transaction after the enqueue's (see announce_queued in migration 003), shared by the jobs
+   * enqueued in the same turn. It never fails: an announcement is a hint, the job is stored.
+   */
+  private announce(job: JobRecord): Promise<void> {
+    let batch = this.announcing;
+    if (!batch) {
+      const ids: string[] = [];
+      const createdAt: number[] = [];
+      const runAt: number[] = [];
+      const sent = new Promise<void>((resolve) =>
+        setImmediate(() => {
+          if (this.announcing === batch) this.announcing = null;
+          this.pool
+            .query({
+              name: this.names.announce,
+              text: `SELECT ${this.s}.announce_queued($1, $2, $3)`,
+              values: [ids, createdAt, runAt],
+            })
+            .then(
+              () => resolve(),
+              () => resolve(),
+            );
+        }),
+      );
+      batch = { ids, createdAt, runAt, sent };
+      this.announcing = batch;
+    }
+    batch.ids.push(job.id);
+    batch.createdAt.push(job.createdAt);
+    batch.runAt.push(job.runAt);
+    return batch.sent;
   }
 
   async claim(request: ClaimRequest): Promise<Lease[]> {
@@ -582,7 +639,7 @@ export class PostgresBroker implements Broker {
    */
   private deliver(event: EventNotice): void {
     if (!event.ref && !this.backlog) {
-      this.signals.emit(event);
+      this.emitInOrder(event);
       return;
     }
     const previous = this.backlog ?? Promise.resolve();
@@ -598,12 +655,25 @@ export class PostgresBroker implements Broker {
           // Gone or unreadable: the SSE stream sends a snapshot when it sees a gap in seq.
         }
       }
-      if (full) this.signals.emit(full);
+      if (full) this.emitInOrder(full);
     });
     this.backlog = next;
     void next.then(() => {
       if (this.backlog === next) this.backlog = null;
     });
+  }
+
+  /** Deliver an event unless a later one of its job already went out (see `delivered`). */
+  private emitInOrder(event: JobEvent): void {
+    // A cancel request carries the job's current seq and is not part of its history.
+    if (event.type !== 'cancel') {
+      const last = this.delivered.get(event.jobId);
+      if (last !== undefined && event.seq <= last) return;
+      this.delivered.delete(event.jobId);
+      this.delivered.set(event.jobId, event.seq);
+      if (this.delivered.size > 10_000) this.delivered.delete(this.delivered.keys().next().value!);
+    }
+    this.signals.emit(event);
   }
 }
 

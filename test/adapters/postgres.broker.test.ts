@@ -385,6 +385,33 @@ describe('PostgresBroker: notifications', () => {
     );
   });
 
+  it('announces a job after its enqueue, and drops an announcement that comes after a later event', async () => {
+    const events: JobEvent[] = [];
+    const off = await broker.subscribe((e) => events.push(e));
+    const { job } = await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    // enqueue() resolves once the job was announced: its queued event is on its way.
+    await eventually(() => events.some((e) => e.jobId === job.id), 'the queued event');
+    assert.deepEqual(
+      events.map((e) => [e.jobId, e.seq, e.status]),
+      [[job.id, 1, 'queued']],
+    );
+    // A worker in another process claimed a job before its announcement went out: the running
+    // event (seq 2) arrives first, and the late queued event (seq 1) is not delivered after it.
+    const other = randomUUID();
+    const channel = `${schema}:events`;
+    const note = (seq: number, status: string) =>
+      JSON.stringify({ jobId: other, seq, at: Date.now(), type: 'status', status, attempts: seq - 1 });
+    await admin.query('SELECT pg_notify($1, $2)', [channel, note(2, 'running')]);
+    await admin.query('SELECT pg_notify($1, $2)', [channel, note(1, 'queued')]);
+    await admin.query('SELECT pg_notify($1, $2)', [channel, note(3, 'succeeded')]);
+    await eventually(() => events.some((e) => e.jobId === other && e.seq === 3), 'the last event');
+    assert.deepEqual(
+      events.filter((e) => e.jobId === other).map((e) => e.seq),
+      [2, 3],
+    );
+    off();
+  });
+
   it('listens again after its connection is cut, and wakes the workers then', async () => {
     let wakes = 0;
     broker.onWork(() => wakes++);

@@ -65,10 +65,10 @@ BEGIN
     SELECT * INTO j FROM {{schema}}.job WHERE idem = p_idem;
     RETURN '{"created":false,"job":' || row_to_json(j)::text || '}';
   END IF;
-  -- Announced, not kept: history() reads a job's first event back from the job (its created_at).
-  PERFORM pg_notify({{channel}} || ':events', '{"jobId":"' || j.id || '","seq":1,"at":' || now_ms
-    || ',"type":"status","status":"queued","attempts":0}');
-  PERFORM pg_notify({{channel}} || ':work', j.run_at::text);
+  -- No NOTIFY here: PostgreSQL commits one notifying transaction at a time, its disk flush
+  -- included, so enqueues that notified could not share a flush. The broker announces the new
+  -- job right after the commit (announce_queued). No history row: history() reads a job's first
+  -- event back from the job (its created_at).
   RETURN '{"created":true,"id":"' || j.id || '","createdAt":' || now_ms || ',"runAt":' || j.run_at || '}';
 END $$;
 
@@ -88,3 +88,19 @@ LANGUAGE sql AS $$
   )
   SELECT count(*)::integer FROM gone
 $$;
+
+-- Announce jobs just enqueued (committed): their first event (seq 1, queued) and a wake-up for
+-- the earliest run_at, in one transaction that commits without waiting for the disk (a lost
+-- announcement costs a worker its poll interval, and an SSE client reads the job anyway).
+CREATE FUNCTION {{schema}}.announce_queued(p_ids uuid[], p_created_at bigint[], p_run_at bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  bodies text[];
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  SELECT array_agg('{"jobId":"' || id || '","seq":1,"at":' || created_at
+    || ',"type":"status","status":"queued","attempts":0}') INTO bodies
+  FROM unnest(p_ids, p_created_at) AS t(id, created_at);
+  PERFORM {{schema}}.announce(p_ids, array_fill(1, ARRAY[cardinality(p_ids)]), bodies);
+  PERFORM pg_notify({{channel}} || ':work', (SELECT min(r) FROM unnest(p_run_at) AS r)::text);
+END $$;
