@@ -137,7 +137,7 @@ describe('PostgresBroker: schema and migrations', () => {
   });
 });
 
-describe('PostgresBroker: time-ordered job ids', () => {
+describe('PostgresBroker: job ids, events and history', () => {
   let broker: PostgresBroker;
   let schema: string;
   beforeEach(() => {
@@ -229,20 +229,6 @@ describe('PostgresBroker: time-ordered job ids', () => {
       assert.equal(isJobId(id), false, id);
     }
   });
-});
-
-describe('PostgresBroker: notifications', () => {
-  let broker: PostgresBroker;
-  let schema: string;
-  beforeEach(() => {
-    schema = schemaOf();
-    broker = new PostgresBroker({ connection: PG_URL, schema });
-  });
-  afterEach(async () => {
-    await broker.close();
-    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-  });
-
   it('delivers an event too large for a NOTIFY, read back from the history', async () => {
     const events: JobEvent[] = [];
     const off = await broker.subscribe((e) => events.push(e));
