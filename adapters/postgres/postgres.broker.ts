@@ -445,10 +445,10 @@ export class PostgresBroker implements Broker {
     await this.init();
     // The job's seq and its events after afterSeq, read in one statement (one snapshot): an event
     // committed between two reads cannot slip between them. Three events are read back from the
-    // job itself unless a history row holds them (migrations 002 and 003 stopped writing them):
-    // seq 1, queued at createdAt; seq 2, the first claim, at startedAt until a later claim or an
-    // admin retry writes it down; and a final status, the job's last event. Like kept rows, they
-    // count only within the last historyLimit events.
+    // job itself (built by status_event(), as they were announced) unless a history row holds
+    // them (migrations 002 and 003 stopped writing them): seq 1, queued at createdAt; seq 2, the
+    // first claim, at startedAt until a later claim or an admin retry writes it down; and a final
+    // status, the job's last event. Like kept rows, they count only within the last historyLimit.
     const s = this.s;
     const { rows } = await this.pool.query({
       name: this.names.history,
@@ -456,16 +456,12 @@ export class PostgresBroker implements Broker {
                  SELECT e.seq, e.body FROM ${s}.event e WHERE e.job_id = j.id AND e.seq > $2
                  UNION ALL
                  SELECT d.seq, d.body FROM (VALUES
-                   (1, '{"jobId":"' || j.id || '","seq":1,"at":' || j.created_at
-                     || ',"type":"status","status":"queued","attempts":0}'),
+                   (1, ${s}.status_event(j.id, 1, j.created_at, 'queued', 0, NULL, NULL, false)),
                    (2, CASE WHEN j.started_at IS NOT NULL AND (j.seq > 2 OR j.status = 'running')
-                     THEN '{"jobId":"' || j.id || '","seq":2,"at":' || j.started_at
-                       || ',"type":"status","status":"running","attempts":1}' END),
+                     THEN ${s}.status_event(j.id, 2, j.started_at, 'running', 1, NULL, NULL, false) END),
                    (j.seq, CASE WHEN j.status IN ('succeeded', 'failed', 'canceled')
-                     THEN '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || j.finished_at
-                       || ',"type":"status","status":"' || j.status || '","attempts":' || j.attempts
-                       || ',"result":' || coalesce(j.result, 'null') || ',"error":' || coalesce(j.error, 'null')
-                       || '}' END)
+                     THEN ${s}.status_event(j.id, j.seq, j.finished_at, j.status, j.attempts, j.result,
+                       j.error, false) END)
                  ) AS d(seq, body)
                  WHERE d.body IS NOT NULL AND d.seq > $2 AND d.seq > j.seq - $3
                    AND NOT EXISTS (SELECT 1 FROM ${s}.event e WHERE e.job_id = j.id AND e.seq = d.seq)

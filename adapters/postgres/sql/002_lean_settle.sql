@@ -26,6 +26,24 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
               ELSE 'queued' END
 $$;
 
+-- A status event as listeners get it and history() reads it back: one builder, so an event read
+-- back from a job is the text that was announced. A final status carries the result and the
+-- error; a job back in the queue carries its error when p_error_too (a retry's or a release's,
+-- not a job's first queued event); a claim carries neither. Plain SQL, inlined where it is used:
+-- STABLE, as `||` on a uuid or a number is (declared IMMUTABLE it would not be inlined, and would
+-- run as a function call for every event).
+CREATE FUNCTION {{schema}}.status_event(p_id uuid, p_seq integer, p_at bigint, p_status text,
+  p_attempts integer, p_result text, p_error text, p_error_too boolean)
+RETURNS text LANGUAGE sql STABLE AS $$
+  SELECT '{"jobId":"' || p_id || '","seq":' || p_seq || ',"at":' || p_at
+    || ',"type":"status","status":"' || p_status || '","attempts":' || p_attempts
+    || CASE WHEN p_status IN ('succeeded', 'failed', 'canceled')
+         THEN ',"result":' || coalesce(p_result, 'null') || ',"error":' || coalesce(p_error, 'null')
+         WHEN p_error_too THEN ',"error":' || coalesce(p_error, 'null')
+         ELSE '' END
+    || '}'
+$$;
+
 -- Queue the NOTIFYs of events too many for one (8000 bytes): JSON arrays of up to about 7900
 -- bytes, an event too large for any payload announced by reference (listeners read it from the
 -- history). settle() sends the usual few dozen status events in one NOTIFY without calling this.
@@ -124,10 +142,7 @@ BEGIN
       WHERE j.id = ANY (p_ids) AND j.id = r.id
         AND CASE WHEN j.status = 'running' THEN j.token END = r.token
       RETURNING r.n, j.id, j.seq, j.status, j.run_at,
-        '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || now_ms
-          || ',"type":"status","status":"' || j.status || '","attempts":' || j.attempts
-          || CASE WHEN j.status = 'queued' THEN '' ELSE ',"result":' || coalesce(j.result, 'null') END
-          || ',"error":' || coalesce(j.error, 'null') || '}' AS body
+        {{schema}}.status_event(j.id, j.seq, now_ms, j.status, j.attempts, j.result, j.error, true) AS body
     ),
     -- Only a run back in the queue leaves a history row: a final status is read back from the job.
     kept AS (
@@ -164,9 +179,8 @@ BEGIN
           LIMIT p_limit
           FOR UPDATE SKIP LOCKED
         )
-        RETURNING j.id, j.seq, '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || now_ms
-          || ',"type":"status","status":"failed","attempts":' || j.attempts || ',"result":null,"error":'
-          || j.error || '}' AS body
+        RETURNING j.id, j.seq,
+          {{schema}}.status_event(j.id, j.seq, now_ms, 'failed', j.attempts, NULL, j.error, false) AS body
       ),
       kept AS (
         INSERT INTO {{schema}}.event (job_id, seq, body) SELECT id, seq, body FROM expired
@@ -195,8 +209,7 @@ BEGIN
       RETURNING j.*
     ),
     events AS (
-      SELECT id, seq, '{"jobId":"' || id || '","seq":' || seq || ',"at":' || now_ms
-          || ',"type":"status","status":"running","attempts":' || attempts || '}' AS body
+      SELECT id, seq, {{schema}}.status_event(id, seq, now_ms, 'running', attempts, NULL, NULL, false) AS body
       FROM claimed
     ),
     -- A job's first claim (seq 2) leaves no history row: history() reads it back from the job
@@ -205,8 +218,7 @@ BEGIN
       INSERT INTO {{schema}}.event (job_id, seq, body)
       SELECT id, seq, body FROM events WHERE seq <> 2
       UNION ALL
-      SELECT p.id, 2, '{"jobId":"' || p.id || '","seq":2,"at":' || p.started_at
-          || ',"type":"status","status":"running","attempts":1}'
+      SELECT p.id, 2, {{schema}}.status_event(p.id, 2, p.started_at, 'running', 1, NULL, NULL, false)
       FROM picked p JOIN claimed c ON c.id = p.id
       WHERE p.started_at IS NOT NULL AND c.seq - p_history < 2
       ON CONFLICT (job_id, seq) DO NOTHING
@@ -250,12 +262,10 @@ BEGIN
   SELECT * INTO j FROM {{schema}}.job WHERE id = p_id AND status IN ('failed', 'canceled') FOR UPDATE;
   IF NOT FOUND THEN RETURN NULL; END IF;
   INSERT INTO {{schema}}.event (job_id, seq, body)
-  SELECT j.id, j.seq, '{"jobId":"' || j.id || '","seq":' || j.seq || ',"at":' || j.finished_at
-    || ',"type":"status","status":"' || j.status || '","attempts":' || j.attempts
-    || ',"result":' || coalesce(j.result, 'null') || ',"error":' || coalesce(j.error, 'null') || '}'
+  SELECT j.id, j.seq,
+    {{schema}}.status_event(j.id, j.seq, j.finished_at, j.status, j.attempts, j.result, j.error, false)
   UNION ALL
-  SELECT j.id, 2, '{"jobId":"' || j.id || '","seq":2,"at":' || j.started_at
-    || ',"type":"status","status":"running","attempts":1}'
+  SELECT j.id, 2, {{schema}}.status_event(j.id, 2, j.started_at, 'running', 1, NULL, NULL, false)
   WHERE j.started_at IS NOT NULL AND j.seq > 2 AND j.seq - p_history < 2
   ON CONFLICT (job_id, seq) DO NOTHING;
   UPDATE {{schema}}.job SET cancel_requested = false, result = NULL, progress = NULL, started_at = NULL,

@@ -98,8 +98,7 @@ DECLARE
   bodies text[];
 BEGIN
   PERFORM set_config('synchronous_commit', 'off', true);
-  SELECT array_agg('{"jobId":"' || id || '","seq":1,"at":' || created_at
-    || ',"type":"status","status":"queued","attempts":0}') INTO bodies
+  SELECT array_agg({{schema}}.status_event(id, 1, created_at, 'queued', 0, NULL, NULL, false)) INTO bodies
   FROM unnest(p_ids, p_created_at) AS t(id, created_at);
   PERFORM {{schema}}.announce(p_ids, array_fill(1, ARRAY[cardinality(p_ids)]), bodies);
   PERFORM pg_notify({{channel}} || ':work', (SELECT min(r) FROM unnest(p_run_at) AS r)::text);
