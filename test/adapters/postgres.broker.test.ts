@@ -430,3 +430,105 @@ describe('PostgresBroker: job ids, events and history', () => {
     }
   });
 });
+
+describe('PostgresBroker: what a claim reads', () => {
+  let broker: PostgresBroker;
+  let schema: string;
+  beforeEach(async () => {
+    schema = schemaOf();
+    broker = new PostgresBroker({ connection: PG_URL, schema });
+    await broker.counts(); // creates the schema
+  });
+  afterEach(async () => {
+    await broker.close();
+    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  });
+
+  /** `count` jobs of task t through enqueue(), due after `delayMs`, with an age limit `expireInMs` away. */
+  const backlog = (count: number, delayMs: number | null, expireInMs: number | null) =>
+    admin.query(
+      `SELECT "${schema}".enqueue(NULL, 't', '{}', NULL, 1,
+         CASE WHEN $2::bigint IS NULL THEN NULL ELSE "${schema}".now_ms() + $2::bigint END,
+         CASE WHEN $3::bigint IS NULL THEN NULL ELSE "${schema}".now_ms() + $3::bigint END,
+         NULL, NULL, NULL, NULL, NULL)
+       FROM generate_series(1, $1::integer)`,
+      [count, delayMs, expireInMs],
+    );
+
+  /**
+   * Claim `limit` jobs in a transaction that is rolled back, and count the job rows the claim
+   * fetched through an index: pg_stat_xact_user_tables holds the transaction's own counts.
+   */
+  async function rowsFetchedByClaim(limit: number): Promise<{ fetched: number; leased: number }> {
+    const client = await admin.connect();
+    const fetched = async () =>
+      Number(
+        (
+          await client.query(
+            `SELECT idx_tup_fetch AS n FROM pg_stat_xact_user_tables WHERE relid = $1::regclass`,
+            [`"${schema}".job`],
+          )
+        ).rows[0]?.n ?? 0,
+      );
+    try {
+      await client.query('BEGIN');
+      const before = await fetched();
+      const { rows } = await client.query(`SELECT "${schema}".claim('{t}', $1, 60000, 100) AS r`, [limit]);
+      const leased = (JSON.parse(rows[0].r) as { leases: unknown[] }).leases.length;
+      return { fetched: (await fetched()) - before, leased };
+    } finally {
+      await client.query('ROLLBACK');
+      client.release();
+    }
+  }
+
+  it('reads the jobs it takes, not the backlog behind them', async () => {
+    // Due jobs without an age limit: the age-limit probe once read every one of them (migration 4),
+    // once the table had statistics (autovacuum analyzes it after a few hundred changes).
+    await backlog(3000, null, null);
+    await admin.query(`ANALYZE "${schema}".job`);
+    let read = await rowsFetchedByClaim(5);
+    assert.equal(read.leased, 5);
+    assert.ok(read.fetched <= 20, `a claim of 5 from 3,000 due jobs fetched ${read.fetched} rows`);
+
+    // Due jobs with age limits an hour away: the probe reads the earliest limit alone.
+    await backlog(3000, null, 3_600_000);
+    read = await rowsFetchedByClaim(5);
+    assert.equal(read.leased, 5);
+    assert.ok(read.fetched <= 20, `with 3,000 age limits ahead it fetched ${read.fetched} rows`);
+  });
+
+  it('finds when the next delayed job is due by reading the first of them', async () => {
+    // Without statistics (a burst of delayed jobs) min(run_at) was planned as a scan of them all.
+    await backlog(3000, 3_600_000, null);
+    const read = await rowsFetchedByClaim(5);
+    assert.equal(read.leased, 0);
+    assert.ok(read.fetched <= 5, `an empty claim with 3,000 delayed jobs fetched ${read.fetched} rows`);
+    const [due] = (await admin.query(`SELECT min(run_at)::float8 AS due FROM "${schema}".job`)).rows as {
+      due: number;
+    }[];
+    assert.deepEqual(
+      JSON.parse((await admin.query(`SELECT "${schema}".claim('{t}', 5, 60000, 100) AS r`)).rows[0].r)
+        .nextDue,
+      due!.due,
+    );
+  });
+
+  it('fails a due job past its age limit behind a backlog without limits, and still claims the rest', async () => {
+    await backlog(2000, null, null);
+    const { job } = await broker.enqueue({
+      task: 't',
+      payload: null,
+      owner: null,
+      maxAttempts: 1,
+      expireAt: Date.now() + 50,
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const leases = await broker.claim({ tasks: ['t'], limit: 10, leaseMs: 5000, workerId: 'test' });
+    assert.equal(leases.length, 10);
+    assert.ok(!leases.some((l) => l.job.id === job.id));
+    const expired = await broker.get(job.id);
+    assert.equal(expired?.status, 'failed');
+    assert.equal(expired?.error?.code, 'ERR_OFFLOAD_EXPIRED');
+  });
+});
