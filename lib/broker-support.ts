@@ -64,18 +64,19 @@ export function eventsAfter(seq: number, kept: JobEvent[], afterSeq: number): Jo
 }
 
 /**
- * A job as the SQL brokers store it: snake_case columns, JSON values as text. The drivers differ
- * in two columns: a boolean comes as `true`/`false` (PostgreSQL) or `1`/`0` (SQLite), the logs as
- * an array (PostgreSQL's text[]) or JSON text (SQLite).
+ * A job as the SQL brokers store it: snake_case columns, JSON values as text (`J`, or as JSON
+ * when SQL built the row with them embedded: `SqlJobRow<Json>`). The drivers differ in two
+ * columns: a boolean comes as `true`/`false` (PostgreSQL) or `1`/`0` (SQLite), the logs as an
+ * array (PostgreSQL's text[]) or JSON text (SQLite).
  */
-export interface SqlJobRow {
+export interface SqlJobRow<J = string> {
   id: string;
   task: string;
-  payload: string;
+  payload: J;
   status: JobStatus;
-  progress: string | null;
-  result: string | null;
-  error: string | null;
+  progress: J | null;
+  result: J | null;
+  error: J | null;
   attempts: number;
   max_attempts: number;
   run_at: number;
@@ -93,17 +94,30 @@ export interface SqlJobRow {
 }
 
 const parseJson = (text: string | null): unknown => (text === null ? null : JSON.parse(text));
+const asIs = (value: unknown): unknown => value;
 
 /** A job record from its SQL row. */
 export function recordFromRow(row: SqlJobRow): JobRecord {
+  return record(row, parseJson as (value: unknown) => unknown);
+}
+
+/**
+ * A job record from a row whose JSON columns are embedded as JSON, not as text holding JSON
+ * (PostgreSQL's leases): the values were parsed with the row, and are not parsed a second time.
+ */
+export function recordFromJsonRow(row: SqlJobRow<Json>): JobRecord {
+  return record(row, asIs);
+}
+
+function record<J>(row: SqlJobRow<J>, json: (value: unknown) => unknown): JobRecord {
   return {
     id: row.id,
     task: row.task,
-    payload: JSON.parse(row.payload) as Json,
+    payload: json(row.payload) as Json,
     status: row.status,
-    progress: parseJson(row.progress) as JobProgress | null,
-    result: parseJson(row.result) as Json,
-    error: parseJson(row.error) as JobError | null,
+    progress: json(row.progress) as JobProgress | null,
+    result: json(row.result) as Json,
+    error: json(row.error) as JobError | null,
     attempts: row.attempts,
     maxAttempts: row.max_attempts,
     runAt: row.run_at,

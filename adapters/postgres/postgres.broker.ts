@@ -18,6 +18,7 @@ import {
   eventsAfter,
   hashedIdempotencyScope,
   newJobRecord,
+  recordFromJsonRow,
   recordFromRow,
   type SqlJobRow,
 } from '../../lib/broker-support.js';
@@ -266,7 +267,7 @@ export class PostgresBroker implements Broker {
   private leasesOf(reply: ClaimReply): Lease[] {
     // The earliest job not yet due: wake this process's workers then, not at the next poll.
     if (reply.nextDue !== null) this.signals.armWake(reply.nextDue);
-    return reply.leases.map((row) => ({ token: String(row.token), job: recordFromRow(row) }));
+    return reply.leases.map((row) => ({ token: String(row.token), job: recordFromJsonRow(row) }));
   }
 
   async settle(runs: readonly Settlement[], next: ClaimRequest): Promise<SettleResult> {
@@ -683,7 +684,8 @@ interface JobRow extends SqlJobRow {
 }
 
 interface ClaimReply {
-  leases: JobRow[];
+  /** Rows with their JSON columns embedded (migration 004). */
+  leases: (SqlJobRow<Json> & { token: number })[];
   nextDue: number | null;
 }
 

@@ -514,6 +514,46 @@ describe('PostgresBroker: what a claim reads', () => {
     );
   });
 
+  it('hands out each lease as the record get() reads: JSON columns embedded, text escaped', async () => {
+    const request = { tasks: ['t "quoted"\\'], limit: 10, leaseMs: 5000, workerId: 'test' };
+    const payloads = [
+      'just a string',
+      null,
+      0,
+      [1, 'two', { three: 3 }],
+      { text: 'line\nbreak "quotes" \\ back\u0001slash é 😀', nested: { deep: [true, false, null] } },
+    ];
+    for (const [i, payload] of payloads.entries()) {
+      await broker.enqueue({
+        task: request.tasks[0]!,
+        payload,
+        owner: i % 2 ? 'owner "a"\n\\b' : null,
+        maxAttempts: 3,
+        timeoutMs: i % 2 ? 1234 : null,
+        expireAt: i === 4 ? Date.now() + 3_600_000 : null,
+        idempotencyKey: i === 3 ? 'key "k"\t' : null,
+        payloadHash: i === 3 ? 'hash\\' : null,
+      });
+    }
+    // A job claimed again after a failed attempt carries its progress, error and logs.
+    const first = await broker.claim({ ...request, limit: 1 });
+    const again = first[0]!.job.id;
+    assert.ok(await broker.progress(again, first[0]!.token, { percent: 40, message: 'half "way"' }));
+    assert.ok(await broker.log(again, first[0]!.token, 'a line with "quotes"'));
+    assert.ok(await broker.release(again, first[0]!.token));
+    const leases = await broker.claim(request);
+    assert.equal(leases.length, payloads.length);
+    for (const lease of leases) assert.deepEqual(lease.job, await broker.get(lease.job.id));
+    assert.deepEqual(
+      leases.map((l) => l.job.payload),
+      [...payloads.slice(1), payloads[0]],
+      'in queue order (the released job back at its end), each payload as enqueued',
+    );
+    const retried = leases.find((l) => l.job.id === again)!.job;
+    assert.deepEqual(retried.progress, { percent: 40, message: 'half "way"' });
+    assert.deepEqual(retried.logs, ['a line with "quotes"']);
+  });
+
   it('fails a due job past its age limit behind a backlog without limits, and still claims the rest', async () => {
     await backlog(2000, null, null);
     const { job } = await broker.enqueue({
