@@ -533,7 +533,7 @@ export class PostgresBroker implements Broker {
     const listener = this.listener;
     this.listener = null;
     await Promise.all([
-      listener?.end().catch(() => {}),
+      listener ? this.endListener(listener) : undefined,
       this.ownsPool ? this.pool.end().catch(() => {}) : undefined,
     ]);
   }
@@ -564,16 +564,37 @@ export class PostgresBroker implements Broker {
   private listenOn(client: Client, channel: string): Promise<void> {
     let listening = this.listens.get(channel);
     if (!listening) {
-      listening = client.query(`LISTEN "${channel}"`).then(
-        () => {},
-        (err) => {
-          this.listens.delete(channel);
-          throw err;
-        },
-      );
+      listening = (async () => {
+        await client.query(`LISTEN "${channel}"`);
+        // Settles send status events only while a process follows them (migration 004): this
+        // connection now does. follow() waits for the settles in flight, so once it returns a
+        // settle has either committed (a read of its job sees it) or sends its events here.
+        if (channel === this.channels.events) {
+          await this.init();
+          await client.query(`SELECT ${this.s}.follow()`);
+        }
+      })().catch((err) => {
+        this.listens.delete(channel);
+        throw err;
+      });
       this.listens.set(channel, listening);
     }
     return listening;
+  }
+
+  /** End the LISTEN connection, after saying it no longer follows events (bounded: it may be down). */
+  private async endListener(client: Client): Promise<void> {
+    if (this.listens.has(this.channels.events)) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        client.query(`SELECT ${this.s}.unfollow()`).catch(() => {}),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, 500);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    await client.end().catch(() => {});
   }
 
   private async connectListener(): Promise<Client> {

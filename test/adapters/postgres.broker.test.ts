@@ -403,10 +403,11 @@ describe('PostgresBroker: job ids, events and history', () => {
     broker.onWork(() => wakes++);
     const events: JobEvent[] = [];
     await broker.subscribe((e) => events.push(e));
+    // The LISTEN connection following events: its row in the follower table (a live connection).
     const listenerPid = async () =>
       (
         await admin.query(
-          `SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN "${schema}:events"%' AND pid <> pg_backend_pid()`,
+          `SELECT pid FROM "${schema}".follower WHERE pid IN (SELECT pid FROM pg_stat_activity)`,
         )
       ).rows[0]?.pid as number | undefined;
     const pid = await eventually(listenerPid, 'the LISTEN connection');
@@ -570,5 +571,141 @@ describe('PostgresBroker: what a claim reads', () => {
     const expired = await broker.get(job.id);
     assert.equal(expired?.status, 'failed');
     assert.equal(expired?.error?.code, 'ERR_OFFLOAD_EXPIRED');
+  });
+});
+
+describe('PostgresBroker: status events only while a process follows them', () => {
+  let broker: PostgresBroker;
+  let schema: string;
+  let raw: pg.Client;
+  /** What reaches a connection that LISTENs on the events channel without following. */
+  let heard: JobEvent[];
+  const request = { tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' };
+  beforeEach(async () => {
+    schema = schemaOf();
+    broker = new PostgresBroker({ connection: PG_URL, schema });
+    await broker.counts(); // creates the schema
+    heard = [];
+    raw = new pg.Client({ connectionString: PG_URL });
+    await raw.connect();
+    raw.on('notification', (msg) => heard.push(...(JSON.parse(msg.payload!) as JobEvent[])));
+    await raw.query(`LISTEN "${schema}:events"`);
+  });
+  afterEach(async () => {
+    await raw.end();
+    await broker.close();
+    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  });
+  const followers = async () =>
+    (await admin.query(`SELECT pid FROM "${schema}".follower ORDER BY pid`)).rows.map((r) => r.pid as number);
+  const runOnce = async (b: PostgresBroker) => {
+    const { job } = await b.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    const [lease] = await b.claim(request);
+    assert.equal(lease?.job.id, job.id);
+    assert.ok(await b.complete(job.id, lease.token, 'ok'));
+    return job.id;
+  };
+
+  it('sends no claim or settle events while nothing follows, and sends them once a process does', async () => {
+    const unheard = await runOnce(broker);
+    assert.deepEqual(await followers(), []);
+
+    const follower = new PostgresBroker({ connection: PG_URL, schema });
+    try {
+      const followed: JobEvent[] = [];
+      await follower.subscribe((e) => followed.push(e));
+      assert.equal((await followers()).length, 1, 'the follower connection is recorded');
+      const heardOf = await runOnce(broker);
+      await eventually(
+        () => followed.some((e) => e.jobId === heardOf && e.status === 'succeeded'),
+        'the follower hears',
+      );
+      await eventually(
+        () => heard.some((e) => e.jobId === heardOf && e.status === 'succeeded'),
+        'the channel carries it',
+      );
+      assert.deepEqual(
+        heard.filter((e) => e.jobId === heardOf).map((e) => e.status),
+        ['queued', 'running', 'succeeded'],
+      );
+      // Before anyone followed: the enqueue's announcement only, no claim's or settle's event.
+      assert.deepEqual(
+        heard.filter((e) => e.jobId === unheard).map((e) => e.status),
+        ['queued'],
+      );
+      // Their history is whole all the same, read back from the jobs.
+      assert.deepEqual(
+        (await broker.history(unheard, 0))?.map((e) => e.status),
+        ['queued', 'running', 'succeeded'],
+      );
+    } finally {
+      await follower.close();
+    }
+    assert.deepEqual(await followers(), [], 'closing the broker stops following');
+  });
+
+  it('keeps the history rows of a requeued run while nothing follows', async () => {
+    const { job } = await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 3 });
+    const [first] = await broker.claim(request);
+    assert.ok(await broker.fail(job.id, first!.token, { message: 'again' }, Date.now()));
+    const [second] = await broker.claim(request);
+    assert.ok(await broker.complete(job.id, second!.token, 'ok'));
+    assert.deepEqual(
+      (await broker.history(job.id, 0))?.map((e) => [e.seq, e.status]),
+      [
+        [1, 'queued'],
+        [2, 'running'],
+        [3, 'queued'],
+        [4, 'running'],
+        [5, 'succeeded'],
+      ],
+    );
+  });
+
+  it('starts following only once the settles in flight committed', async () => {
+    await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    // A claim in a transaction still open: it holds the follow lock shared.
+    const inFlight = await admin.connect();
+    let following = false;
+    const follower = new PostgresBroker({ connection: PG_URL, schema });
+    try {
+      await inFlight.query('BEGIN');
+      const { rows } = await inFlight.query(`SELECT "${schema}".claim('{t}', 1, 60000, 100) AS r`);
+      const lease = JSON.parse(rows[0].r).leases[0] as { id: string; token: number };
+      const followed: JobEvent[] = [];
+      const subscribed = follower
+        .subscribe((e) => followed.push(e))
+        .then(() => {
+          following = true;
+        });
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(following, false, 'follow() waits for the open settle');
+      await inFlight.query('COMMIT');
+      await subscribed;
+      // The claim committed before following began: a read now sees it.
+      assert.equal((await follower.get(lease.id))?.status, 'running');
+      assert.ok(await broker.complete(lease.id, String(lease.token), 'ok'));
+      await eventually(
+        () => followed.some((e) => e.jobId === lease.id && e.status === 'succeeded'),
+        'the completion',
+      );
+    } finally {
+      await inFlight.query('ROLLBACK').catch(() => {});
+      inFlight.release();
+      await follower.close();
+    }
+  });
+
+  it('drops the rows of connections that are gone when a process starts following', async () => {
+    await admin.query(`INSERT INTO "${schema}".follower (pid, since) VALUES (2147483000, 0)`);
+    const follower = new PostgresBroker({ connection: PG_URL, schema });
+    try {
+      await follower.subscribe(() => {});
+      const pids = await followers();
+      assert.equal(pids.length, 1);
+      assert.notEqual(pids[0], 2147483000);
+    } finally {
+      await follower.close();
+    }
   });
 });
