@@ -1,4 +1,5 @@
--- 004: settle() probes read one index entry, not the backlog.
+-- 004: what a claim costs. Its probes read one index entry, not the backlog; a lease's JSON is
+-- encoded once; status events are built only while a process follows them.
 --
 -- Before a claim, settle() asks whether a due job has passed its age limit (it is then failed,
 -- not handed out), and after a short claim, when the next delayed job comes due. The age-limit
