@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Offload, silentLogger } from 'offload';
-import { Pool } from 'pg';
+import { Client, Pool } from 'pg';
 import PgBoss from 'pg-boss';
 import { MemoryBroker } from '../adapters/memory/memory.broker.js';
 import { migrate, PostgresBroker } from '../adapters/postgres/index.js';
@@ -71,6 +71,11 @@ export async function postgresBench(argv: string[]): Promise<number> {
     bossWorkers: 1,
     /** `yes`: a pg-boss worker whose fetch came back full fetches again at once (notifyWorker). */
     bossRefetch: 'yes',
+    /**
+     * `yes`: a connection of its own follows offload's job events through the run, as a web
+     * process with SSE clients would (offload's claims and settles then build and send events).
+     */
+    follow: 'no',
   });
   const phases = new Set(flags.phases.split(',').filter(Boolean));
   for (const p of phases) {
@@ -81,6 +86,7 @@ export async function postgresBench(argv: string[]): Promise<number> {
     if (!SIDES.some((side) => side.label === s)) throw new Error(`Unknown side "${s}".`);
   }
   if (!['yes', 'no'].includes(flags.bossRefetch)) throw new Error('--boss-refetch takes yes or no.');
+  if (!['yes', 'no'].includes(flags.follow)) throw new Error('--follow takes yes or no.');
   if (flags.concurrency % flags.bossWorkers !== 0)
     throw new Error('--boss-workers must divide --concurrency (the same jobs in flight on both sides).');
 
@@ -110,6 +116,7 @@ export async function postgresBench(argv: string[]): Promise<number> {
     problems,
   };
   const out: Record<string, unknown> = { bench: 'postgres' };
+  let follower: Client | null = null;
   try {
     const { rows } = await admin.query<{ v: string; pid: number }>(
       `SELECT current_setting('server_version') AS v, pg_backend_pid() AS pid`,
@@ -118,6 +125,14 @@ export async function postgresBench(argv: string[]): Promise<number> {
     ctx.serverCpu = postgresCpuReader(rows[0]!.pid);
     const bossVersion = (require('pg-boss/package.json') as { version: string }).version;
     if (sides.some((s) => s.label === 'offload')) await migrate(admin, ctx.offloadSchema);
+    if (flags.follow === 'yes' && sides.some((s) => s.label === 'offload')) {
+      // Received, not parsed: the server's side of following (building and sending the events).
+      follower = new Client({ connectionString: flags.postgres });
+      follower.on('error', () => {});
+      await follower.connect();
+      await follower.query(`LISTEN "${ctx.offloadSchema}:events"`);
+      await follower.query(`SELECT "${ctx.offloadSchema}".follow()`);
+    }
     if (sides.some((s) => s.label === 'pg-boss')) ctx.bossAdmin = await startBoss(ctx);
 
     const busy = await machineBusy(500);
@@ -131,6 +146,11 @@ export async function postgresBench(argv: string[]): Promise<number> {
         (ctx.boss.refetch
           ? '; a full batch fetches again at once (notifyWorker), an idle worker waits for its poll'
           : '; every fetch waits for the poll (--boss-refetch no)'),
+    );
+    console.log(
+      flags.follow === 'yes'
+        ? 'offload: a connection follows job events (--follow yes): claims and settles build and send them'
+        : 'offload: no process follows job events (no SSE client): claims and settles send none (--follow yes measures with one)',
     );
     if (wanted.includes('sqlite') && !sqlite)
       console.log('sqlite: skipped (adapters/sqlite is not built yet: no build/adapters/sqlite/index.js)');
@@ -252,6 +272,7 @@ export async function postgresBench(argv: string[]): Promise<number> {
         refetch_when_full: ctx.boss.refetch,
       },
       sqlite: sqlite ? 'run' : wanted.includes('sqlite') ? 'skipped (no adapter yet)' : 'not asked',
+      events_followed: flags.follow === 'yes',
       node: process.version,
       pgboss: bossVersion,
       postgres: postgresVersion,
@@ -261,6 +282,7 @@ export async function postgresBench(argv: string[]): Promise<number> {
     console.log(JSON.stringify(out));
     return problems.length ? 1 : 0;
   } finally {
+    await follower?.end().catch(() => {});
     await ctx.bossAdmin?.stop({ graceful: false }).catch(() => {});
     for (const schema of [ctx.offloadSchema, ctx.bossSchema]) {
       await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch((err: Error) => {
