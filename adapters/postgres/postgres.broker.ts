@@ -571,7 +571,7 @@ export class PostgresBroker implements Broker {
         // settle has either committed (a read of its job sees it) or sends its events here.
         if (channel === this.channels.events) {
           await this.init();
-          await client.query(`SELECT ${this.s}.follow()`);
+          await this.follow(client);
         }
       })().catch((err) => {
         this.listens.delete(channel);
@@ -580,6 +580,23 @@ export class PostgresBroker implements Broker {
       this.listens.set(channel, listening);
     }
     return listening;
+  }
+
+  /**
+   * follow() on the LISTEN connection. It gives up after a second when a settle it waits for is
+   * itself waiting on a row (lock_timeout, so that the settles queued behind it are not held
+   * longer): tried again, after a growing pause, a few times.
+   */
+  private async follow(client: Client): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await client.query(`SELECT ${this.s}.follow()`);
+        return;
+      } catch (err) {
+        if ((err as { code?: string }).code !== '55P03' || attempt === 4 || this.closed) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
+      }
+    }
   }
 
   /** End the LISTEN connection, after saying it no longer follows events (bounded: it may be down). */

@@ -426,6 +426,13 @@ describe('PostgresBroker: job ids, events and history', () => {
     try {
       const { job } = await other.enqueue({ task: 't', payload: 1, owner: null, maxAttempts: 1 });
       await eventually(() => events.some((e) => e.jobId === job.id), 'an event after reconnecting');
+      // The new connection follows events again: a settle elsewhere sends them to it.
+      const [lease] = await other.claim({ tasks: ['t'], limit: 1, leaseMs: 5000, workerId: 'test' });
+      assert.ok(await other.complete(job.id, lease!.token, 'ok'));
+      await eventually(
+        () => events.some((e) => e.jobId === job.id && e.status === 'succeeded'),
+        'a settle event after reconnecting',
+      );
     } finally {
       await other.close();
     }
@@ -515,6 +522,23 @@ describe('PostgresBroker: what a claim reads', () => {
     );
   });
 
+  it('fails a due job of any task past its age limit, not only of the tasks claimed', async () => {
+    const { job } = await broker.enqueue({
+      task: 'unserved',
+      payload: null,
+      owner: null,
+      maxAttempts: 1,
+      expireAt: Date.now() + 50,
+    });
+    await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    await new Promise((r) => setTimeout(r, 100));
+    const leases = await broker.claim({ tasks: ['t'], limit: 5, leaseMs: 5000, workerId: 'test' });
+    assert.equal(leases.length, 1);
+    const expired = await broker.get(job.id);
+    assert.equal(expired?.status, 'failed');
+    assert.equal(expired?.error?.code, 'ERR_OFFLOAD_EXPIRED');
+  });
+
   it('hands out each lease as the record get() reads: JSON columns embedded, text escaped', async () => {
     const request = { tasks: ['t "quoted"\\'], limit: 10, leaseMs: 5000, workerId: 'test' };
     const payloads = [
@@ -541,7 +565,8 @@ describe('PostgresBroker: what a claim reads', () => {
     const again = first[0]!.job.id;
     assert.ok(await broker.progress(again, first[0]!.token, { percent: 40, message: 'half "way"' }));
     assert.ok(await broker.log(again, first[0]!.token, 'a line with "quotes"'));
-    assert.ok(await broker.release(again, first[0]!.token));
+    const error = { message: 'first "try"\nfailed', code: 'E_TRY' };
+    assert.ok(await broker.fail(again, first[0]!.token, error, Date.now()));
     const leases = await broker.claim(request);
     assert.equal(leases.length, payloads.length);
     for (const lease of leases) assert.deepEqual(lease.job, await broker.get(lease.job.id));
@@ -553,6 +578,8 @@ describe('PostgresBroker: what a claim reads', () => {
     const retried = leases.find((l) => l.job.id === again)!.job;
     assert.deepEqual(retried.progress, { percent: 40, message: 'half "way"' });
     assert.deepEqual(retried.logs, ['a line with "quotes"']);
+    assert.deepEqual(retried.error, error);
+    assert.equal(retried.attempts, 2);
   });
 
   it('fails a due job past its age limit behind a backlog without limits, and still claims the rest', async () => {
@@ -696,8 +723,46 @@ describe('PostgresBroker: status events only while a process follows them', () =
     }
   });
 
+  it('gives up following after a second when a settle in flight is stuck, and lets the others through', async () => {
+    await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    // A settle that stays open (as one waiting on a row would): it holds the follow lock shared.
+    const stuck = await admin.connect();
+    const follower = new PostgresBroker({ connection: PG_URL, schema });
+    try {
+      await stuck.query('BEGIN');
+      await stuck.query(`SELECT "${schema}".claim('{t}', 1, 60000, 100)`);
+      let following = false;
+      const subscribed = follower
+        .subscribe(() => {})
+        .then(() => {
+          following = true;
+        });
+      await new Promise((r) => setTimeout(r, 100));
+      // This claim queues behind the waiting follow(), until follow() gives up.
+      const t0 = Date.now();
+      const leases = await broker.claim(request);
+      assert.equal(leases.length, 1);
+      const waited = Date.now() - t0;
+      assert.ok(waited < 2000, `a claim waited ${waited} ms behind a follow() that could not start`);
+      assert.equal(following, false);
+      await stuck.query('COMMIT');
+      await subscribed; // a later attempt, once the stuck settle ended
+      assert.equal(following, true);
+      assert.equal((await followers()).length, 1);
+    } finally {
+      await stuck.query('ROLLBACK').catch(() => {});
+      stuck.release();
+      await follower.close();
+    }
+  });
+
   it('drops the rows of connections that are gone when a process starts following', async () => {
-    await admin.query(`INSERT INTO "${schema}".follower (pid, since) VALUES (2147483000, 0)`);
+    // A pid no connection has, and a live pid whose connection started later (the pid reused).
+    await admin.query(
+      `INSERT INTO "${schema}".follower (pid, backend_start)
+       VALUES (2147483000, now()), (pg_backend_pid(), '2000-01-01')`,
+    );
     const follower = new PostgresBroker({ connection: PG_URL, schema });
     try {
       await follower.subscribe(() => {});

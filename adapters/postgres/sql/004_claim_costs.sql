@@ -10,13 +10,15 @@
 -- 5,000 queued). Both probes now read the first entry of the one index in their order
 -- (`ORDER BY ... LIMIT 1`: job_expiring, job_ready), whatever the statistics say; the statement
 -- that fails expired jobs runs only when that entry is past its limit, and applies the rest of the
--- conditions itself.
+-- conditions itself, the task apart: a job of any task past its age limit is failed by the
+-- claim that finds it.
 --
 -- And a lease comes back with the job's JSON columns (payload, progress, result, error) embedded
 -- as JSON rather than escaped into strings, so neither the server nor the worker encodes and
 -- parses them twice (a few percent of a claim's cost). A worker of an earlier offload cannot read
--- these leases: stop such workers before this migration runs (a lease they could not read
--- expires, and its job runs again).
+-- these leases, and its web processes do not follow() events (below): stop every process of an
+-- earlier offload before this migration runs (a lease one could not read expires, and its job
+-- runs again).
 --
 -- And a settle builds and sends status events only while some process follows them (SSE streams,
 -- `Prefer: wait`, the dashboard: a row in `follower`). Workers alone, no process listening, a call
@@ -24,21 +26,27 @@
 -- are written as before: a client that follows later still resumes from them. settle() is
 -- otherwise as in 002.
 
--- The processes following job events: one row per connection LISTENing on the events channel,
--- written by follow() and deleted by unfollow(), or by the next follow() once its connection is
--- gone. UNLOGGED: after a crash of the server there are no connections, and no rows.
-CREATE UNLOGGED TABLE {{schema}}.follower (pid integer PRIMARY KEY, since bigint NOT NULL);
+-- The processes following job events: one row per connection LISTENing on the events channel
+-- (its pid and start time, which tell it from a later connection given the same pid), written by
+-- follow() and deleted by unfollow(), or by the next follow() once the connection is gone (a
+-- process killed, a server restart). A row left behind only costs events built for nobody.
+CREATE UNLOGGED TABLE {{schema}}.follower (pid integer PRIMARY KEY, backend_start timestamptz NOT NULL);
 
 -- Follow job events from this connection, which LISTENs on the events channel already. Takes the
 -- follow lock exclusively: it waits for the settles in flight, which hold it shared from their
 -- start. So once this returns, every settle has either committed already (a read of the job now
--- sees it) or will see this row and send its events.
+-- sees it) or will see this row and send its events. While it waits, new settles wait behind it:
+-- it gives up after a second (lock_timeout, SQLSTATE 55P03; the broker tries again later) rather
+-- than hold every worker behind a settle that is itself waiting on a row.
 CREATE FUNCTION {{schema}}.follow() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+  PERFORM set_config('lock_timeout', '1s', true);
   PERFORM pg_advisory_xact_lock(hashtext({{channel}} || ':follow'));
-  DELETE FROM {{schema}}.follower WHERE pid NOT IN (SELECT pid FROM pg_stat_activity);
-  INSERT INTO {{schema}}.follower (pid, since) VALUES (pg_backend_pid(), {{schema}}.now_ms())
-  ON CONFLICT (pid) DO NOTHING;
+  DELETE FROM {{schema}}.follower f WHERE NOT EXISTS (
+    SELECT 1 FROM pg_stat_activity a WHERE a.pid = f.pid AND a.backend_start = f.backend_start);
+  INSERT INTO {{schema}}.follower (pid, backend_start)
+  SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()
+  ON CONFLICT (pid) DO UPDATE SET backend_start = excluded.backend_start;
 END $$;
 
 -- Stop following from this connection (before it closes).
@@ -49,8 +57,8 @@ $$;
 -- Settle: end runs, each only if p_tokens[i] is its current lease (a requested cancel wins over
 -- any outcome), then claim up to p_limit due jobs of p_tasks, oldest first, each leased for
 -- p_lease_ms to this caller alone (SKIP LOCKED: concurrent claims take different jobs and never
--- wait). A due job past its age limit that never started is failed instead of handed out, at
--- most p_limit of them per call, found through job_expiring (its predicate spelled out in the
+-- wait). A due job past its age limit that never started is failed instead of handed out (of any
+-- task), at most p_limit of them per call, found through job_expiring (its predicate spelled out in the
 -- queries: without `expire_at IS NOT NULL` the generic plan walks the whole backlog in job_ready).
 -- p_outcomes: 'complete' (p_values = result), 'fail' (p_values = error; p_retry_at NULL = final),
 -- 'cancel', 'release' (back to the queue at once, the attempt not counted). With no runs it is
@@ -153,7 +161,9 @@ BEGIN
     -- runs only when the earliest age limit of a queued job has passed: the usual call has none,
     -- and skips setting up an UPDATE for it. The probe reads one entry of job_expiring, the only
     -- index in expire_at order (an EXISTS with the UPDATE's conditions was planned through
-    -- job_ready, and read every due job).
+    -- job_ready, and read every due job). Those of any task: a job past its age limit fails
+    -- whoever finds it, so one of a task no worker is serving does not keep the probe true (and
+    -- this statement running) at every claim of the others.
     IF (SELECT expire_at FROM {{schema}}.job
         WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL
         ORDER BY expire_at LIMIT 1) <= now_ms THEN
@@ -163,7 +173,7 @@ BEGIN
         WHERE j.id IN (
           SELECT id FROM {{schema}}.job
           WHERE status = 'queued' AND started_at IS NULL AND expire_at IS NOT NULL AND expire_at <= now_ms
-            AND run_at <= now_ms AND task = ANY (p_tasks)
+            AND run_at <= now_ms
           ORDER BY expire_at
           LIMIT p_limit
           FOR UPDATE SKIP LOCKED
