@@ -5,6 +5,14 @@ export type Duration = number | string;
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
+/**
+ * Resolves after `ms`, on a timer that does not keep the process alive: the bound of a wait
+ * raced against something that may never settle (a broker that does not answer).
+ */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
 /** Parses a duration at start-up; a bad one is a ConfigError naming the option. */
 export function toMs(value: Duration, option: string): number {
   if (typeof value === 'number') {

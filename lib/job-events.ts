@@ -1,4 +1,5 @@
 import type { Broker, Unsubscribe } from './broker.js';
+import { delay } from './duration.js';
 import type { JobEvent } from './job.js';
 
 type Listener = (event: JobEvent) => void;
@@ -99,8 +100,6 @@ export class JobEvents {
       (off) => off(),
       () => {},
     );
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([undone, new Promise<void>((resolve) => (timer = setTimeout(resolve, 1000)))]);
-    clearTimeout(timer);
+    await Promise.race([undone, delay(1000)]);
   }
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Broker, Lease, RunOutcome, Unsubscribe } from './broker.js';
+import { delay } from './duration.js';
 import {
   JobCanceledError,
   JobTimeoutError,
@@ -804,8 +805,4 @@ class LazyAbortController {
 export function toJsonResult(result: unknown): Json {
   if (result === undefined) return null;
   return JSON.parse(JSON.stringify(result)) as Json;
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }

@@ -23,6 +23,7 @@ import {
   type SqlJobRow,
 } from '../../lib/broker-support.js';
 import { requireDriver } from '../../lib/broker-url.js';
+import { delay } from '../../lib/duration.js';
 import { ConfigError, QueueFullError } from '../../lib/errors.js';
 import {
   JOB_STATUSES,
@@ -594,7 +595,7 @@ export class PostgresBroker implements Broker {
         return;
       } catch (err) {
         if ((err as { code?: string }).code !== '55P03' || attempt === 4 || this.closed) throw err;
-        await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
+        await delay(100 * 2 ** attempt);
       }
     }
   }
@@ -602,14 +603,7 @@ export class PostgresBroker implements Broker {
   /** End the LISTEN connection, after saying it no longer follows events (bounded: it may be down). */
   private async endListener(client: Client): Promise<void> {
     if (this.listens.has(this.channels.events)) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        client.query(`SELECT ${this.s}.unfollow()`).catch(() => {}),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, 500);
-        }),
-      ]);
-      clearTimeout(timer);
+      await Promise.race([client.query(`SELECT ${this.s}.unfollow()`).catch(() => {}), delay(500)]);
     }
     await client.end().catch(() => {});
   }
