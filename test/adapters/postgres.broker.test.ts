@@ -522,21 +522,30 @@ describe('PostgresBroker: what a claim reads', () => {
     );
   });
 
-  it('fails a due job of any task past its age limit, not only of the tasks claimed', async () => {
+  /** A job of `task` whose age limit has passed (50 ms after its enqueue, 100 ms ago). */
+  const expiredJob = async (task: string) => {
     const { job } = await broker.enqueue({
-      task: 'unserved',
+      task,
       payload: null,
       owner: null,
       maxAttempts: 1,
       expireAt: Date.now() + 50,
     });
-    await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
     await new Promise((r) => setTimeout(r, 100));
-    const leases = await broker.claim({ tasks: ['t'], limit: 5, leaseMs: 5000, workerId: 'test' });
-    assert.equal(leases.length, 1);
-    const expired = await broker.get(job.id);
+    return job.id;
+  };
+  const assertExpired = async (id: string) => {
+    const expired = await broker.get(id);
     assert.equal(expired?.status, 'failed');
     assert.equal(expired?.error?.code, 'ERR_OFFLOAD_EXPIRED');
+  };
+
+  it('fails a due job of any task past its age limit, not only of the tasks claimed', async () => {
+    await broker.enqueue({ task: 't', payload: null, owner: null, maxAttempts: 1 });
+    const id = await expiredJob('unserved');
+    const leases = await broker.claim({ tasks: ['t'], limit: 5, leaseMs: 5000, workerId: 'test' });
+    assert.equal(leases.length, 1);
+    await assertExpired(id);
   });
 
   it('hands out each lease as the record get() reads: JSON columns embedded, text escaped', async () => {
@@ -584,20 +593,11 @@ describe('PostgresBroker: what a claim reads', () => {
 
   it('fails a due job past its age limit behind a backlog without limits, and still claims the rest', async () => {
     await backlog(2000, null, null);
-    const { job } = await broker.enqueue({
-      task: 't',
-      payload: null,
-      owner: null,
-      maxAttempts: 1,
-      expireAt: Date.now() + 50,
-    });
-    await new Promise((r) => setTimeout(r, 100));
+    const id = await expiredJob('t');
     const leases = await broker.claim({ tasks: ['t'], limit: 10, leaseMs: 5000, workerId: 'test' });
     assert.equal(leases.length, 10);
-    assert.ok(!leases.some((l) => l.job.id === job.id));
-    const expired = await broker.get(job.id);
-    assert.equal(expired?.status, 'failed');
-    assert.equal(expired?.error?.code, 'ERR_OFFLOAD_EXPIRED');
+    assert.ok(!leases.some((l) => l.job.id === id));
+    await assertExpired(id);
   });
 });
 

@@ -8,39 +8,48 @@ import type { Browser, BrowserContext } from 'playwright-core';
 import type { OffloadMiddleware } from '../../lib/express.js';
 import { launchChromium, type RunningSample, screenshot, startExpressSample } from './browser.js';
 
-describe('the dashboard in Chromium', () => {
-  let browser: Browser;
-  let context: BrowserContext;
-  let base: string;
-  let jobs: OffloadMiddleware;
-  let sample: RunningSample;
+/** The Express sample with `workers` workers, and Chromium signed in as its admin, for one suite. */
+function adminSession(workers: number) {
+  const session = {} as {
+    base: string;
+    jobs: OffloadMiddleware;
+    server: Server;
+    browser: Browser;
+    context: BrowserContext;
+  };
+  let sample: RunningSample | undefined;
   before(async () => {
-    sample = await startExpressSample(2);
-    ({ base, jobs } = sample);
-    browser = await launchChromium();
-    context = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    sample = await startExpressSample(workers);
+    ({ base: session.base, jobs: session.jobs, server: session.server } = sample);
+    session.browser = await launchChromium();
+    session.context = await session.browser.newContext({ viewport: { width: 1400, height: 800 } });
     // The sample's stand-in admin: the demo user named admin.
-    await context.addCookies([{ name: 'user', value: 'admin', url: base }]);
+    await session.context.addCookies([{ name: 'user', value: 'admin', url: session.base }]);
   });
   after(async () => {
-    await context?.close();
-    await browser?.close();
+    await session.context?.close();
+    await session.browser?.close();
     await sample?.close();
   });
+  return session;
+}
+
+describe('the dashboard in Chromium', () => {
+  const s = adminSession(2);
 
   it('refuses a caller who is not the admin (the app guard in front)', async () => {
-    const page = await browser.newPage();
-    const res = await page.goto(`${base}/admin/jobs`);
+    const page = await s.browser.newPage();
+    const res = await page.goto(`${s.base}/admin/jobs`);
     assert.equal(res?.status(), 401);
     await page.close();
   });
 
   it('lists a job, moves its progress bar live, and cancels and retries it', async () => {
-    const { job } = await jobs.core.enqueue('report', { steps: 40, stepMs: 100 }, { owner: 'ann' });
-    const page = await context.newPage();
+    const { job } = await s.jobs.core.enqueue('report', { steps: 40, stepMs: 100 }, { owner: 'ann' });
+    const page = await s.context.newPage();
     const errors: string[] = [];
     page.on('pageerror', (err) => errors.push(err.message));
-    await page.goto(`${base}/admin/jobs`);
+    await page.goto(`${s.base}/admin/jobs`);
     await page.waitForSelector('#live[data-state="live"]');
     const row = page.locator(`tr.job[data-job-id="${job.id}"]`);
     await row.waitFor();
@@ -82,7 +91,7 @@ describe('the dashboard in Chromium', () => {
     await page.waitForSelector(`tr.job[data-job-id="${job.id}"][data-status="canceled"]`, {
       timeout: 10_000,
     });
-    assert.equal((await jobs.core.get(job.id))?.status, 'canceled');
+    assert.equal((await s.jobs.core.get(job.id))?.status, 'canceled');
 
     await page.waitForSelector('#detail-retry:not([disabled])');
     await page.click('#detail-retry');
@@ -93,7 +102,7 @@ describe('the dashboard in Chromium', () => {
         ),
       job.id,
     );
-    const retried = await jobs.core.get(job.id);
+    const retried = await s.jobs.core.get(job.id);
     assert.ok(retried && ['queued', 'running'].includes(retried.status), retried?.status);
     await screenshot(page, 'dashboard-retried');
 
@@ -101,38 +110,21 @@ describe('the dashboard in Chromium', () => {
     await page.keyboard.press('Escape');
     await page.waitForSelector('#detail', { state: 'hidden' });
     assert.deepEqual(errors, []);
-    await jobs.core.cancel(job.id);
+    await s.jobs.core.cancel(job.id);
     await page.close();
   });
 });
 
 describe('the dashboard in Chromium, reading its list again', () => {
-  let browser: Browser;
-  let context: BrowserContext;
-  let base: string;
-  let jobs: OffloadMiddleware;
-  let server: Server;
-  let sample: RunningSample;
-  before(async () => {
-    sample = await startExpressSample(1);
-    ({ base, jobs, server } = sample);
-    browser = await launchChromium();
-    context = await browser.newContext({ viewport: { width: 1400, height: 800 } });
-    await context.addCookies([{ name: 'user', value: 'admin', url: base }]);
-  });
-  after(async () => {
-    await context?.close();
-    await browser?.close();
-    await sample?.close();
-  });
+  const s = adminSession(1);
 
   it('keeps the rows of Load more, the open detail and its focus across a reconnect and a burst of new jobs', async () => {
     const owner = `pages-${randomUUID().slice(0, 8)}`;
     // Due in an hour: they stay queued, and the list stays as it is but for what the test does.
     const park = async () =>
-      (await jobs.core.enqueue('report', { steps: 1, stepMs: 1 }, { owner, delay: '1h' })).job.id;
+      (await s.jobs.core.enqueue('report', { steps: 1, stepMs: 1 }, { owner, delay: '1h' })).job.id;
     for (let i = 0; i < 60; i++) await park();
-    const page = await context.newPage();
+    const page = await s.context.newPage();
     const errors: string[] = [];
     page.on('pageerror', (err) => errors.push(err.message));
     const countsReads: number[] = [];
@@ -142,7 +134,7 @@ describe('the dashboard in Chromium, reading its list again', () => {
     const rowCount = (n: number) =>
       page.waitForFunction((want) => document.querySelectorAll('tr.job').length === want, n);
 
-    await page.goto(`${base}/admin/jobs?owner=${owner}`);
+    await page.goto(`${s.base}/admin/jobs?owner=${owner}`);
     await page.waitForSelector('#live[data-state="live"]');
     await rowCount(50);
     await page.click('#more');
@@ -156,7 +148,7 @@ describe('the dashboard in Chromium, reading its list again', () => {
 
     // A dropped connection: the page reconnects and reads its list again on `ready`.
     const reread = page.waitForResponse((res) => /\/api\/jobs\?/.test(res.url()));
-    server.closeAllConnections();
+    s.server.closeAllConnections();
     await reread;
     await page.waitForSelector('#live[data-state="live"]');
     await page.waitForTimeout(200);
@@ -174,7 +166,7 @@ describe('the dashboard in Chromium, reading its list again', () => {
     }
     assert.equal(
       await page.locator('tr.job').first().getAttribute('data-job-id'),
-      (await jobs.core.list({ owner, limit: 1 })).jobs[0]!.id,
+      (await s.jobs.core.list({ owner, limit: 1 })).jobs[0]!.id,
       'the newest on top',
     );
     assert.equal(await page.textContent('#detail-id'), oldest);
